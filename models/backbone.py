@@ -1,0 +1,106 @@
+"""The frozen CLIP towers, exposed the way ViP²-CLIP reads them (SPEC §1).
+
+open_clip builds the network; this wrapper only walks its blocks so that intermediate
+residual streams can be tapped, resizes the positional embedding for inputs larger
+than CLIP's own, and encodes prompt *embeddings* (not token ids) with the text tower.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FrozenCLIP(nn.Module):
+    """Image and text encoders of a frozen open_clip `CLIP` (OpenAI ViT layout)."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip.eval().requires_grad_(False)
+        self._positional_cache: dict = {}
+
+    @property
+    def embed_dim(self) -> int:
+        return self.clip.text_projection.shape[1]
+
+    @property
+    def text_width(self) -> int:
+        return self.clip.ln_final.weight.shape[0]
+
+    @property
+    def patch_size(self) -> int:
+        return self.clip.visual.conv1.kernel_size[0]
+
+    @property
+    def num_vision_layers(self) -> int:
+        return len(self.clip.visual.transformer.resblocks)
+
+    def grid_size(self, image_size: int) -> int:
+        return image_size // self.patch_size
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.clip.eval()  # frozen: never in training mode
+        return self
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.clip.token_embedding(token_ids.long())
+
+    def positional_embedding(self, grid: int) -> torch.Tensor:
+        """The class row kept as is, the patch rows resized bilinearly to `grid`×`grid` (cached)."""
+        weight = self.clip.visual.positional_embedding
+        key = (grid, weight.device, weight.dtype)
+        if key not in self._positional_cache:
+            side = round((weight.shape[0] - 1) ** 0.5)
+            if side == grid:
+                resized = weight
+            else:
+                patch = weight[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+                patch = F.interpolate(patch, size=(grid, grid), mode="bilinear", align_corners=False)
+                patch = patch.reshape(weight.shape[1], grid * grid).t()
+                resized = torch.cat([weight[:1], patch], dim=0)
+            self._positional_cache = {key: resized.detach()}
+        return self._positional_cache[key]
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, layers: tuple[int, ...], global_through_ln_post: bool = False):
+        """Global feature `[N, E]` and one patch-feature tensor `[N, L, E]` per 1-based layer, all L2-normalised.
+
+        The reference projects the final class token without `ln_post` (a quirk);
+        `global_through_ln_post=True` applies it, as standard CLIP does.
+        """
+        visual = self.clip.visual
+        x = visual.conv1(images)
+        grid = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2)
+        class_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([class_token, x], dim=1) + self.positional_embedding(grid).to(x.dtype)
+        x = visual.ln_pre(x)
+        wanted = set(layers)
+        taps = {}
+        for index, block in enumerate(visual.transformer.resblocks, start=1):
+            x = block(x)
+            if index in wanted:
+                taps[index] = x
+        patch_features = tuple(
+            F.normalize(visual.ln_post(taps[layer][:, 1:]) @ visual.proj, dim=-1) for layer in layers)
+        class_token = visual.ln_post(x[:, 0]) if global_through_ln_post else x[:, 0]
+        global_feature = F.normalize(class_token @ visual.proj, dim=-1)
+        return global_feature, patch_features
+
+    def encode_prompts(self, prompt_embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Encode `[M, 77, D]` prompt embeddings; returns L2-normalised `[M, E]` float32 features.
+
+        With the causal mask, the end-of-text row depends only on the positions up to it,
+        so the sequence is cut after the last end-of-text token: same result, a fraction of the work.
+        """
+        eot = token_ids.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        clip = self.clip
+        x = prompt_embeddings[:, :length] + clip.positional_embedding[:length].to(prompt_embeddings.dtype)
+        mask = clip.attn_mask[:length, :length].to(x.device)
+        for block in clip.transformer.resblocks:
+            x = block(x, attn_mask=mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot] @ clip.text_projection
+        return F.normalize(x.float(), dim=-1)

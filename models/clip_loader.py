@@ -1,0 +1,137 @@
+"""Load a frozen OpenAI-layout CLIP through open_clip, architecture read from the weights.
+
+Three sources are accepted (the `--clip_weights` flag):
+
+* OpenAI's TorchScript archive (`ViT-L-14-336px.pt`, as the authors used it);
+* a state dict in OpenAI key layout saved with `torch.save` (float16 or float32 values),
+  optionally wrapped as `{"state_dict": ...}`; `.safetensors` files work too;
+* the tag `openai`: `~/.cache/clip/ViT-L-14-336px.pt` if present, else open_clip's
+  download of the `openai` weights (needs the internet; fails fast without it).
+
+The model always runs in float32 here, as the reference does (SPEC §1); lower
+precision is applied at run time through autocast (`--precision`).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OPENAI_TAG = "openai"
+OPENAI_MODEL_NAME = "ViT-L-14-336"
+OPENAI_FILE_NAME = "ViT-L-14-336px.pt"
+DEFAULT_CACHE = Path("~/.cache/clip").expanduser()
+CLIP_VOCAB_SIZE = 49408  # CLIP's BPE vocabulary, fixed by its tokenizer
+_DOWNLOAD_HOSTS = ("huggingface.co", "openaipublic.azureedge.net")
+
+
+class ClipWeightsError(RuntimeError):
+    """The CLIP weights could not be found or read; the message says which flag to fix."""
+
+
+def _hint() -> str:
+    return (
+        "Pass --clip_weights PATH with OpenAI's ViT-L-14-336px.pt (TorchScript) or an OpenAI-layout "
+        "state dict; see README.md, section 'CLIP weights'."
+    )
+
+
+def _online(timeout: float = 3.0) -> bool:
+    """A cheap reachability probe, so an offline machine fails in seconds, not after a minute of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    for host in _DOWNLOAD_HOSTS:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def resolve_clip_weights(spec: str) -> Path:
+    """Turn a `--clip_weights` value into a local file, downloading only for the `openai` tag."""
+    if spec != OPENAI_TAG:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ClipWeightsError(f"--clip_weights {spec!r}: no such file. {_hint()}")
+        return path
+    cached = DEFAULT_CACHE / OPENAI_FILE_NAME
+    if cached.is_file():
+        return cached
+    if not _online():
+        raise ClipWeightsError(
+            f"--clip_weights openai: {cached} does not exist and the download hosts cannot be reached "
+            f"(offline?). {_hint()}")
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    try:
+        target = download_pretrained(get_pretrained_cfg(OPENAI_MODEL_NAME, OPENAI_TAG))
+    except Exception as error:  # any download failure is a weights problem for the user
+        raise ClipWeightsError(f"--clip_weights openai: download failed ({error}). {_hint()}") from error
+    return Path(target)
+
+
+def _densify(arrays: dict) -> dict:
+    """Expand the sparse token-embedding storage the test fixture uses (rows + values)."""
+    state = {k: v for k, v in arrays.items() if not k.startswith("token_embedding.")}
+    if "token_embedding.rows" in arrays:
+        values = arrays["token_embedding.values"]
+        weight = np.zeros((CLIP_VOCAB_SIZE, values.shape[1]), dtype=values.dtype)
+        weight[arrays["token_embedding.rows"]] = arrays["token_embedding.values"]
+        state["token_embedding.weight"] = weight
+    elif "token_embedding.weight" in arrays:
+        state["token_embedding.weight"] = arrays["token_embedding.weight"]
+    return {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+
+
+def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read an OpenAI-layout CLIP state dict from a TorchScript archive, torch.save file, safetensors or npz."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path) as arrays:
+                return _densify({k: arrays[k] for k in arrays.files})
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        try:
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        except RuntimeError:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except ClipWeightsError:
+        raise
+    except Exception as error:
+        raise ClipWeightsError(f"could not read CLIP weights from {path}: {error}. {_hint()}") from error
+    if isinstance(loaded, dict) and "state_dict" in loaded:
+        loaded = {k.removeprefix("module."): v for k, v in loaded["state_dict"].items()}
+    if not isinstance(loaded, dict) or "visual.proj" not in loaded:
+        raise ClipWeightsError(
+            f"{path} is not a ViT CLIP state dict in OpenAI key layout (no 'visual.proj'). {_hint()}")
+    return loaded
+
+
+def build_clip(state_dict: dict[str, torch.Tensor]):
+    """Build an open_clip CLIP from an OpenAI-layout state dict, in float32, frozen and in eval mode."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    try:
+        # open_clip's builder rounds weights to float16; reloading restores float32 state dicts exactly.
+        model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=None).float()
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+    except (KeyError, RuntimeError) as error:
+        raise ClipWeightsError(f"the CLIP weights do not form an OpenAI ViT CLIP: {error}. {_hint()}") from error
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_clip(spec: str = OPENAI_TAG):
+    """Resolve, read and build the frozen CLIP named by `--clip_weights`."""
+    return build_clip(read_clip_state_dict(resolve_clip_weights(spec)))

@@ -1,0 +1,64 @@
+"""Settings of a ViP²-CLIP model: the one place where defaults live.
+
+`train.py` and `test.py` take their argparse defaults from `ViP2Config`, and every
+checkpoint that `train.py` writes records the settings it was trained with, so
+`test.py` needs no repeated flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+# Constants of the method (SPEC §3, §4): not exposed as flags because the released
+# checkpoints were trained with them.
+TEMPERATURE = 0.07
+FGP_HEADS = 8
+META_NET_HIDDEN = 384
+PROMPT_INIT_STD = 0.02
+NORMAL_STATE_WORD = "good"
+ABNORMAL_STATE_WORD = "damaged"
+PLACEHOLDER_TOKEN = "X"
+
+
+@dataclass
+class ViP2Config:
+    """Everything that shapes a model or its outputs, with the released scripts' defaults."""
+
+    n_ctx: int = 7
+    n_cls: int = 3
+    topk: int = 50
+    features_list: tuple[int, ...] = (6, 12, 18, 24)
+    image_size: int = 518
+    fix_quirks: bool = False
+    feature_map_layer: tuple[int, ...] = field(default=(0, 1, 2, 3))
+
+    def __post_init__(self):
+        self.features_list = tuple(int(x) for x in self.features_list)
+        self.feature_map_layer = tuple(int(x) for x in self.feature_map_layer)
+        problems = []
+        if self.n_ctx < 1:
+            problems.append(f"--n_ctx must be >= 1 (got {self.n_ctx})")
+        if self.n_cls < 1:
+            problems.append(f"--n_cls must be >= 1 (got {self.n_cls})")
+        if self.topk < 1:
+            problems.append(f"--topk must be >= 1 (got {self.topk})")
+        if not self.features_list:
+            problems.append("--features_list needs at least one layer")
+        if any(i < 0 or i >= len(self.features_list) for i in self.feature_map_layer):
+            problems.append(
+                f"--feature_map_layer {list(self.feature_map_layer)} must index into "
+                f"--features_list {list(self.features_list)} (0 to {len(self.features_list) - 1})")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ViP2Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ViP2Config))
+DEFAULTS = ViP2Config()

@@ -1,0 +1,87 @@
+"""ViP-ICA: image-conditioned, class-name-free prompts (SPEC §2).
+
+Two sentences, "X…X <state> X…X", are embedded with CLIP's token embedding. The
+placeholder rows are replaced by learnable context (`ctx_pos` / `ctx_neg`) and by
+`cls_ctx` plus a meta-net's reading of the global image feature, so every image
+gets its own normal and abnormal prompt.
+"""
+from __future__ import annotations
+
+import open_clip
+import torch
+from torch import nn
+
+from models.config import (ABNORMAL_STATE_WORD, META_NET_HIDDEN, NORMAL_STATE_WORD, PLACEHOLDER_TOKEN,
+                           PROMPT_INIT_STD)
+
+
+def template(state_word: str, n_ctx: int, n_cls: int) -> str:
+    return " ".join([PLACEHOLDER_TOKEN] * n_ctx + [state_word] + [PLACEHOLDER_TOKEN] * n_cls)
+
+
+class MetaNet(nn.Module):
+    """Global image feature (+ a learnable bias) → `n_cls` prompt rows, one small MLP each."""
+
+    def __init__(self, embed_dim: int, text_width: int, n_cls: int, hidden: int = META_NET_HIDDEN):
+        super().__init__()
+        self.bias = nn.Parameter(torch.empty(1, embed_dim).normal_(std=PROMPT_INIT_STD))
+        self.fc = nn.ModuleList(
+            nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, text_width))
+            for _ in range(n_cls))
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        x = image_features + self.bias
+        return torch.stack([mlp(x) for mlp in self.fc], dim=1)
+
+
+class PromptLearner(nn.Module):
+    """Builds the per-image normal and abnormal prompt embeddings; buffer names follow the released checkpoints."""
+
+    def __init__(self, token_embedding: nn.Embedding, embed_dim: int, n_ctx: int, n_cls: int,
+                 fix_quirks: bool = False):
+        super().__init__()
+        width = token_embedding.weight.shape[1]
+        self.n_ctx, self.n_cls = n_ctx, n_cls
+        self.ctx_pos = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))
+        self.ctx_neg = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))
+        self.cls_ctx = nn.Parameter(torch.empty(n_cls, width).normal_(std=PROMPT_INIT_STD))
+        # Quirk (SPEC §2): the reference embeds the normal prompt from the abnormal sentence
+        # (its token ids still come from the normal one; only their end-of-text position is used).
+        normal_word = NORMAL_STATE_WORD if fix_quirks else ABNORMAL_STATE_WORD
+        self._register_sentence("pos", template(NORMAL_STATE_WORD, n_ctx, n_cls),
+                                template(normal_word, n_ctx, n_cls), token_embedding)
+        self._register_sentence("neg", template(ABNORMAL_STATE_WORD, n_ctx, n_cls),
+                                template(ABNORMAL_STATE_WORD, n_ctx, n_cls), token_embedding)
+        self.cls_prompter = MetaNet(embed_dim, width, n_cls)
+
+    def _register_sentence(self, suffix: str, sentence: str, embedded_sentence: str,
+                           token_embedding: nn.Embedding) -> None:
+        token_ids, embedded_ids = open_clip.tokenize([sentence, embedded_sentence]).split(1)
+        expected_length = 2 + self.n_ctx + self.n_cls + 1  # SOS, ctx, state, cls, EOT
+        for ids, text in ((token_ids, sentence), (embedded_ids, embedded_sentence)):
+            if int(ids.argmax(-1)) + 1 != expected_length:
+                raise ValueError(f"the prompt {text!r} does not tokenize to one token per word")
+        with torch.no_grad():
+            embedding = token_embedding(embedded_ids).float()
+        middle = 1 + self.n_ctx
+        self.register_buffer(f"token_prefix_{suffix}", embedding[:, :1].clone())
+        self.register_buffer(f"token_middle_{suffix}", embedding[:, middle:middle + 1].clone())
+        self.register_buffer(f"token_suffix_{suffix}", embedding[:, middle + 1 + self.n_cls:].clone())
+        self.register_buffer(f"tokenized_prompts_{suffix}", token_ids.to(torch.int32))
+
+    def _sentence(self, suffix: str, context: torch.Tensor, class_rows: torch.Tensor) -> torch.Tensor:
+        n = class_rows.shape[0]
+        parts = (getattr(self, f"token_prefix_{suffix}"), context.unsqueeze(0),
+                 getattr(self, f"token_middle_{suffix}"))
+        head = torch.cat([p.expand(n, -1, -1).to(class_rows.dtype) for p in parts], dim=1)
+        tail = getattr(self, f"token_suffix_{suffix}").expand(n, -1, -1).to(class_rows.dtype)
+        return torch.cat([head, class_rows, tail], dim=1)
+
+    def forward(self, image_features: torch.Tensor):
+        """`image_features [N, E]` → prompts `[2N, 77, D]` (N normal then N abnormal) and token ids `[2N, 77]`."""
+        class_rows = self.cls_ctx.unsqueeze(0) + self.cls_prompter(image_features)
+        prompts = torch.cat([self._sentence("pos", self.ctx_pos, class_rows),
+                             self._sentence("neg", self.ctx_neg, class_rows)], dim=0)
+        n = image_features.shape[0]
+        token_ids = torch.cat([self.tokenized_prompts_pos.expand(n, -1), self.tokenized_prompts_neg.expand(n, -1)])
+        return prompts, token_ids
