@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ OPENAI_TAG = "openai"
 OPENAI_MODEL_NAME = "ViT-L-14-336"
 OPENAI_FILE_NAME = "ViT-L-14-336px.pt"
 DEFAULT_CACHE = Path("~/.cache/clip").expanduser()
+# Entries of some OpenAI-layout files that are not weights (open_clip rebuilds them).
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 CLIP_VOCAB_SIZE = 49408  # CLIP's BPE vocabulary, fixed by its tokenizer
 _DOWNLOAD_HOSTS = ("huggingface.co", "openaipublic.azureedge.net")
 
@@ -89,6 +93,14 @@ def _densify(arrays: dict) -> dict:
     return {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with a `code/` folder; `torch.save` files have none."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
 def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read an OpenAI-layout CLIP state dict from a TorchScript archive, torch.save file, safetensors or npz."""
     path = Path(path)
@@ -101,14 +113,17 @@ def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        try:
-            return torch.jit.load(str(path), map_location="cpu").state_dict()
-        except RuntimeError:
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        if _is_torchscript(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+                return torch.jit.load(str(path), map_location="cpu").state_dict()
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except ClipWeightsError:
         raise
     except Exception as error:
-        raise ClipWeightsError(f"could not read CLIP weights from {path}: {error}. {_hint()}") from error
+        raise ClipWeightsError(
+            f"could not read CLIP weights from {path}: not a readable TorchScript archive, torch.save file, "
+            f".safetensors or .npz ({type(error).__name__}: {error}). {_hint()}") from error
     if isinstance(loaded, dict) and "state_dict" in loaded:
         loaded = {k.removeprefix("module."): v for k, v in loaded["state_dict"].items()}
     if not isinstance(loaded, dict) or "visual.proj" not in loaded:
@@ -121,7 +136,7 @@ def build_clip(state_dict: dict[str, torch.Tensor]):
     """Build an open_clip CLIP from an OpenAI-layout state dict, in float32, frozen and in eval mode."""
     from open_clip.model import build_model_from_openai_state_dict
 
-    state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    state_dict = {k: v for k, v in state_dict.items() if k not in NON_WEIGHT_KEYS}
     try:
         # open_clip's builder rounds weights to float16; reloading restores float32 state dicts exactly.
         model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=None).float()
@@ -135,3 +150,26 @@ def build_clip(state_dict: dict[str, torch.Tensor]):
 def load_clip(spec: str = OPENAI_TAG):
     """Resolve, read and build the frozen CLIP named by `--clip_weights`."""
     return build_clip(read_clip_state_dict(resolve_clip_weights(spec)))
+
+
+# Architectures for runs without real weights: the smoke run and tests ("tiny", the
+# fixture's shape) and benchmarks (the paper's backbone with random values).
+TINY_CLIP = {"embed_dim": 64, "vision_cfg": {"layers": 4, "width": 128, "patch_size": 14, "image_size": 84},
+             "text_cfg": {"context_length": 77, "vocab_size": CLIP_VOCAB_SIZE, "width": 128, "heads": 2, "layers": 2}}
+
+
+def random_clip_state_dict(architecture: str = "tiny", seed: int = 0) -> dict[str, torch.Tensor]:
+    """A randomly initialised CLIP in OpenAI key layout: `tiny` or an open_clip name such as `ViT-L-14-336`."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if architecture == "tiny":
+            model = CLIP(TINY_CLIP["embed_dim"], TINY_CLIP["vision_cfg"], TINY_CLIP["text_cfg"], quick_gelu=True)
+        else:
+            model = open_clip.create_model(architecture, pretrained=None)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}

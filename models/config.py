@@ -18,6 +18,7 @@ PROMPT_INIT_STD = 0.02
 NORMAL_STATE_WORD = "good"
 ABNORMAL_STATE_WORD = "damaged"
 PLACEHOLDER_TOKEN = "X"
+SMOOTHING_SIGMA = 8  # test-time Gaussian on the anomaly maps (SPEC §6)
 
 
 @dataclass

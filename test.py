@@ -1,0 +1,216 @@
+"""Evaluate ViP²-CLIP zero-shot on a dataset described by meta.json: maps, scores and metrics per class.
+
+    python test.py --data_path data/visa --checkpoint_path checkpoints/mvtec_train_epoch_10.pth \
+        --clip_weights ViT-L-14-336px.pt --save_path results/visa
+
+    python test.py --smoke      # no weights or data needed: a synthetic end-to-end check
+
+Settings (n_ctx, n_cls, topk, features_list, image_size, ...) are read from the
+checkpoint when train.py wrote it; flags given explicitly override the ones that do
+not change tensor shapes. The authors' released checkpoints record no settings, so
+there the flags (or their defaults, the released scripts') apply.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import metrics
+from dataset import AnomalyDataset, DatasetError
+from models import DEFAULTS, SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
+from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings
+from utils import (PRECISIONS, atomic_savez, atomic_write_json, autocast, default_workers, gaussian_blur,
+                   nan_to_none, resolve_device, set_seed, setup_logger)
+
+SHAPE_SETTINGS = ("n_ctx", "n_cls")  # fixed by the checkpoint's tensors
+RESULTS_FILE = "results.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true",
+                        help="generate a synthetic dataset and a tiny random CLIP, train one epoch, evaluate")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_path", help="dataset root holding meta.json (its test split is evaluated)")
+    data.add_argument("--save_path", default="./results", help="folder for log.txt, results.json and figures")
+    data.add_argument("--dataset", default="", help="a label for logs and result tables (classes come from meta.json)")
+    data.add_argument("--image_size", type=int, default=None, help=f"input size (default {DEFAULTS.image_size})")
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint_path", help="ICA/FGP weights: train.py's epoch_{n}.pth or a released file")
+    model.add_argument("--clip_weights", default="openai",
+                       help="OpenAI ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    model.add_argument("--n_ctx", type=int, default=None, help=f"context tokens (default: checkpoint, else {DEFAULTS.n_ctx})")
+    model.add_argument("--n_cls", type=int, default=None, help=f"image-conditioned tokens (default: checkpoint, else {DEFAULTS.n_cls})")
+    model.add_argument("--topk", type=int, default=None, help=f"patches pooled per layer (default {DEFAULTS.topk})")
+    model.add_argument("--features_list", type=int, nargs="+", default=None,
+                       help=f"1-based vision layers (default {' '.join(map(str, DEFAULTS.features_list))})")
+    model.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
+                       help="indices into --features_list averaged into the anomaly map (default: all)")
+    model.add_argument("--fix_quirks", action="store_true", default=None,
+                       help="only for released checkpoints trained that way; train.py's files record it")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--metrics", choices=tuple(metrics.LEVELS), default="image-pixel-level",
+                            help="which metrics to compute")
+    evaluation.add_argument("--pro_mode", choices=metrics.PRO_MODES, default="official",
+                            help="AUPRO: the paper's 200-threshold protocol, or the exact MVTec AD definition")
+    evaluation.add_argument("--sigma", type=float, default=SMOOTHING_SIGMA,
+                            help="sigma of the Gaussian smoothing of the maps, in pixels (0: none)")
+    evaluation.add_argument("--save_maps", default=None, metavar="FILE.npz",
+                            help="also write maps, scores, masks, labels, classes and paths (metrics.py re-scores it)")
+    evaluation.add_argument("--visualize", action="store_true", help="write image | map | ground-truth panels per class")
+    evaluation.add_argument("--vis_max", type=int, default=8, help="panels per class with --visualize")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    run.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                     help="backbone and heads precision; fp32 reproduces the reference")
+    run.add_argument("--batch_size", type=int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
+    run.add_argument("--num_workers", type=int, default=None, help="data-loading processes (default: CPUs available)")
+    run.add_argument("--seed", type=int, default=111, help="seed (evaluation is deterministic; kept for parity)")
+    return parser
+
+
+def resolve_config(args, checkpoint: dict, checkpoint_path: str) -> ViP2Config:
+    """Explicit flags > the checkpoint's recorded settings > the released scripts' defaults."""
+    recorded = recorded_settings(checkpoint)
+    for name in SHAPE_SETTINGS + ("fix_quirks",):
+        flag = getattr(args, name)
+        if flag is not None and name in recorded and flag != recorded[name]:
+            raise CheckpointError(f"{checkpoint_path} was trained with {name}={recorded[name]}, "
+                                  f"but the command line asks for {flag}: drop --{name} or use another checkpoint")
+    values = DEFAULTS.to_dict()
+    values.update(recorded)
+    for name in values:
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    return ViP2Config.from_dict(values)
+
+
+@torch.inference_mode()
+def predict(model: ViP2CLIP, dataset: AnomalyDataset, device: torch.device, *, batch_size: int, workers: int,
+            precision: str, sigma: float) -> dict:
+    """Smoothed maps `[N, S, S]`, scores `[N]`, masks and labels, all on `device`, in dataset order."""
+    size, count = model.config.image_size, len(dataset)
+    maps = torch.empty((count, size, size), dtype=torch.float32, device=device)
+    masks = torch.empty((count, size, size), dtype=torch.uint8, device=device)
+    scores = torch.empty(count, dtype=torch.float32, device=device)
+    labels = torch.empty(count, dtype=torch.long, device=device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
+    start = 0
+    for batch in tqdm(loader, desc="inference", unit="batch", leave=False):
+        images = batch["img"].to(device, non_blocking=True)
+        stop = start + images.shape[0]
+        with autocast(precision, device):
+            raw_maps, raw_scores = model(images)
+        maps[start:stop] = gaussian_blur(raw_maps.float(), sigma)
+        scores[start:stop] = raw_scores.float()
+        masks[start:stop] = batch["img_mask"].to(device, non_blocking=True)
+        labels[start:stop] = batch["anomaly"].to(device, non_blocking=True)
+        start = stop
+    return {"anomaly_maps": maps, "image_scores": scores, "gt_masks": masks, "labels": labels}
+
+
+def save_maps(path: str, outputs: dict, dataset: AnomalyDataset) -> None:
+    atomic_savez(path, anomaly_maps=outputs["anomaly_maps"].cpu().numpy().astype(np.float32),
+                 image_scores=outputs["image_scores"].cpu().numpy(),
+                 gt_masks=outputs["gt_masks"].cpu().numpy().astype(np.uint8),
+                 labels=outputs["labels"].cpu().numpy(),
+                 cls_names=np.array([s.cls_name for s in dataset.samples]),
+                 img_paths=np.array([s.img_path for s in dataset.samples]))
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    if args.smoke:
+        return smoke(args)
+    if not args.data_path or not args.checkpoint_path:
+        build_parser().error("--data_path and --checkpoint_path are required (or use --smoke)")
+    save_path = Path(args.save_path)
+    logger = setup_logger("vip2.test", save_path)
+    set_seed(args.seed)
+    device = resolve_device(args.device)
+    checkpoint = read_checkpoint(args.checkpoint_path)
+    config = resolve_config(args, checkpoint, args.checkpoint_path)
+    dataset = AnomalyDataset(args.data_path, config.image_size, split="test")
+
+    model = ViP2CLIP(load_clip(args.clip_weights), config)
+    load_weights(model, checkpoint, args.checkpoint_path)
+    model.to(device).eval()
+    label = args.dataset or Path(args.data_path).name
+    logger.info("evaluating %s: %d images in %d classes, on %s, precision %s", label, len(dataset),
+                len(dataset.class_names), device, args.precision)
+    logger.info("settings: %s", json.dumps(config.to_dict()))
+
+    start = time.time()
+    batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
+    workers = default_workers() if args.num_workers is None else args.num_workers
+    outputs = predict(model, dataset, device, batch_size=batch_size, workers=workers, precision=args.precision,
+                      sigma=args.sigma)
+    inference_seconds = time.time() - start
+    if args.save_maps:
+        save_maps(args.save_maps, outputs, dataset)
+        logger.info("maps written to %s", args.save_maps)
+
+    cls_names = [s.cls_name for s in dataset.samples]
+    results = metrics.evaluate(outputs["anomaly_maps"], outputs["gt_masks"], outputs["image_scores"],
+                               outputs["labels"], cls_names, pro_mode=args.pro_mode,
+                               keys=metrics.LEVELS[args.metrics], progress=True)
+    logger.info("\n%s", metrics.format_table(results, keys=metrics.LEVELS[args.metrics]))
+    logger.info("%d images in %.1f s (%.1f images/s model and smoothing), metrics %.1f s", len(dataset),
+                time.time() - start, len(dataset) / inference_seconds, time.time() - start - inference_seconds)
+    atomic_write_json(nan_to_none({"dataset": label, "checkpoint": str(args.checkpoint_path),
+                                   "pro_mode": args.pro_mode, "settings": config.to_dict(),
+                                   "metrics": results}), save_path / RESULTS_FILE)
+    if args.visualize:
+        import visualization
+
+        written = visualization.save_test_panels(outputs, dataset, save_path / "visualization",
+                                                 max_per_class=args.vis_max)
+        logger.info("%d figures written under %s", written, save_path / "visualization")
+    return results
+
+
+SMOKE_IMAGE_SIZE = 112
+SMOKE_LAYERS = ("1", "2", "3", "4")
+
+
+def smoke(args) -> dict:
+    """Synthetic data + tiny random CLIP: train one epoch, then evaluate, in a temporary folder."""
+    import train
+    from generate_dataset_json.synthetic import make_synthetic_dataset
+    from models.clip_loader import random_clip_state_dict
+
+    with tempfile.TemporaryDirectory(prefix="vip2_smoke_") as folder:
+        folder = Path(folder)
+        make_synthetic_dataset(folder / "data", seed=0)
+        torch.save(random_clip_state_dict("tiny", seed=0), folder / "clip_tiny.pt")
+        common = ["--clip_weights", str(folder / "clip_tiny.pt"), "--image_size", str(SMOKE_IMAGE_SIZE),
+                  "--features_list", *SMOKE_LAYERS, "--device", args.device, "--num_workers", "0"]
+        checkpoint = train.main(["--train_data_path", str(folder / "data"), "--save_path", str(folder / "ckpt"),
+                                 "--epoch", "1", "--dataset", "synthetic", *common])
+        results = main(["--data_path", str(folder / "data"), "--checkpoint_path", str(checkpoint),
+                        "--save_path", str(Path(args.save_path) / "smoke"), "--dataset", "synthetic",
+                        "--device", args.device, "--num_workers", "0",
+                        "--clip_weights", str(folder / "clip_tiny.pt")]
+                       + (["--visualize"] if args.visualize else []))
+    print("smoke run passed: the install trains and evaluates end to end (random weights, so the numbers mean nothing)")
+    return results
+
+
+def run_cli() -> None:
+    try:
+        main()
+    except (DatasetError, CheckpointError, ClipWeightsError, ValueError) as error:
+        sys.exit(f"test.py: {error}")
+
+
+if __name__ == "__main__":
+    run_cli()

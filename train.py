@@ -1,0 +1,267 @@
+"""Train ViP²-CLIP's prompt learner (ViP-ICA) and FGP on an auxiliary dataset; CLIP stays frozen.
+
+    python train.py --train_data_path data/mvtec --save_path checkpoints/mvtec --clip_weights ViT-L-14-336px.pt
+
+As in the reference, training uses the *test* split of the auxiliary dataset's
+meta.json, all classes. Since the backbone is frozen and nothing is augmented, its
+features are computed once and reused for every later epoch (`--cache_features`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dataset import AnomalyDataset, DatasetError
+from models import DEFAULTS, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
+from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings, save_checkpoint
+from models.losses import pixel_loss
+from utils import (PRECISIONS, atomic_write_json, autocast, default_workers, resolve_device, set_seed,
+                   setup_logger)
+
+TRAIN_SPLIT = "test"  # the reference trains on the auxiliary dataset's annotated test split
+CACHE_MODES = ("auto", "gpu", "cpu", "off")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--train_data_path", required=True, help="dataset root holding meta.json (its test split is used)")
+    data.add_argument("--save_path", default="./checkpoints", help="folder for epoch_{n}.pth, log.txt and losses.json")
+    data.add_argument("--dataset", default="mvtec", help="a label for the logs (classes come from meta.json)")
+    data.add_argument("--image_size", type=int, default=DEFAULTS.image_size, help="input size in pixels")
+    model = parser.add_argument_group("model")
+    model.add_argument("--clip_weights", default="openai",
+                       help="OpenAI ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    model.add_argument("--n_ctx", type=int, default=DEFAULTS.n_ctx, help="learnable context tokens per prompt")
+    model.add_argument("--n_cls", type=int, default=DEFAULTS.n_cls, help="image-conditioned tokens per prompt")
+    model.add_argument("--topk", type=int, default=DEFAULTS.topk, help="patches pooled per layer for the image logit")
+    model.add_argument("--features_list", type=int, nargs="+", default=list(DEFAULTS.features_list),
+                       help="1-based vision layers whose patch features are aligned")
+    model.add_argument("--feature_map_layer", type=int, nargs="+", default=list(DEFAULTS.feature_map_layer),
+                       help="indices into --features_list averaged into test-time anomaly maps (recorded)")
+    model.add_argument("--fix_quirks", action="store_true",
+                       help="use the paper's evident intent instead of the reference's quirks (README: 'Quirks')")
+    model.add_argument("--init_checkpoint", default=None, help="start from these ICA/FGP weights (released format)")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epoch", type=int, default=10, help="number of epochs")
+    optim.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate of the prompt learner")
+    optim.add_argument("--fgp_learning_rate", type=float, default=1e-5, help="Adam learning rate of FGP")
+    optim.add_argument("--batch_size", type=int, default=8, help="images per step")
+    optim.add_argument("--seed", type=int, default=111, help="seed for initialisation and shuffling")
+    run = parser.add_argument_group("run")
+    run.add_argument("--print_freq", type=int, default=1, help="log the mean losses every N epochs")
+    run.add_argument("--save_freq", type=int, default=1, help="save epoch_{n}.pth every N epochs (the last always)")
+    run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    run.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                     help="backbone and heads precision; fp32 reproduces the reference")
+    run.add_argument("--cache_features", choices=CACHE_MODES, default="auto",
+                     help="keep the frozen backbone's features after epoch 1: on the GPU, in host memory, "
+                          "or not at all; 'auto' picks the first that fits")
+    run.add_argument("--num_workers", type=int, default=None, help="data-loading processes (default: CPUs available)")
+    return parser
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """A fresh shuffled split into batches each epoch, shared by the loader and the feature cache."""
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator):
+        self.size, self.batch_size, self.generator = size, batch_size, generator
+
+    def draw(self) -> list[list[int]]:
+        return [b.tolist() for b in torch.randperm(self.size, generator=self.generator).split(self.batch_size)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def choose_cache(mode: str, device: torch.device, bytes_needed: int) -> torch.device | None:
+    """Where the feature cache lives: the requested place, or for 'auto' the first with room to spare."""
+    if mode == "off":
+        return None
+    if mode == "gpu":
+        if device.type != "cuda":
+            raise SystemExit("--cache_features gpu needs a CUDA --device")
+        return device
+    if mode == "cpu":
+        return torch.device("cpu")
+    for place in ([device] if device.type == "cuda" else []) + [torch.device("cpu")]:
+        if bytes_needed < 0.5 * _free_bytes(place):
+            return place
+    return None
+
+
+class FeatureCache:
+    """Backbone features, masks and labels of every training image, filled during the first epoch."""
+
+    def __init__(self, size: int, first: dict, place: torch.device):
+        features = first["features"]
+        self.place = place
+        self.global_feature = torch.empty((size, *features.global_feature.shape[1:]),
+                                          dtype=features.global_feature.dtype, device=place)
+        self.patch_features = [torch.empty((size, *p.shape[1:]), dtype=p.dtype, device=place)
+                               for p in features.patch_features]
+        self.masks = torch.empty((size, *first["mask"].shape[1:]), dtype=torch.uint8, device=place)
+        self.labels = torch.empty(size, dtype=torch.long, device=place)
+        self.filled = torch.zeros(size, dtype=torch.bool)
+
+    @staticmethod
+    def bytes_per_image(model: ViP2CLIP, dtype: torch.dtype) -> int:
+        backbone, size = model.backbone, model.config.image_size
+        patches = backbone.grid_size(size) ** 2
+        values = backbone.embed_dim * (1 + patches * len(model.config.features_list))
+        return values * torch.tensor([], dtype=dtype).element_size() + size * size
+
+    def store(self, index: torch.Tensor, batch: dict) -> None:
+        index_here = index.to(self.place)
+        self.global_feature[index_here] = batch["features"].global_feature.to(self.place)
+        for cached, fresh in zip(self.patch_features, batch["features"].patch_features):
+            cached[index_here] = fresh.to(self.place)
+        self.masks[index_here] = batch["mask"].to(self.place)
+        self.labels[index_here] = batch["label"].to(self.place)
+        self.filled[index] = True
+
+    def batch(self, index: list[int], device: torch.device) -> dict:
+        from models import ImageFeatures
+
+        index_here = torch.as_tensor(index, device=self.place)
+        features = ImageFeatures(self.global_feature[index_here].to(device, non_blocking=True),
+                                 tuple(p[index_here].to(device, non_blocking=True) for p in self.patch_features))
+        return {"features": features, "mask": self.masks[index_here].to(device, non_blocking=True),
+                "label": self.labels[index_here].to(device, non_blocking=True)}
+
+
+def train_step(model: ViP2CLIP, optimizer, batch: dict, precision: str, device: torch.device):
+    """One optimiser step; returns (image loss, summed pixel loss) as floats."""
+    with autocast(precision, device):
+        alignment = model.align(batch["features"])
+        maps = [m.float() for m in model.probability_maps(alignment)]
+    image_loss = F.cross_entropy(alignment.logits.float(), batch["label"])
+    mask_loss = pixel_loss(maps, batch["mask"].float())
+    optimizer.zero_grad(set_to_none=True)
+    (image_loss + mask_loss).backward()
+    optimizer.step()
+    return image_loss.item(), mask_loss.item()
+
+
+def check_init_checkpoint(path: str, config: ViP2Config) -> dict:
+    checkpoint = read_checkpoint(path)
+    recorded = recorded_settings(checkpoint)
+    for name in ("n_ctx", "n_cls"):
+        if recorded.get(name) is not None and recorded[name] != getattr(config, name):
+            raise SystemExit(f"--init_checkpoint {path} was made with {name}={recorded[name]}, "
+                             f"but --{name} is {getattr(config, name)}: pass --{name} {recorded[name]}")
+    return checkpoint
+
+
+def main(argv=None) -> Path:
+    args = build_parser().parse_args(argv)
+    save_path = Path(args.save_path)
+    logger = setup_logger("vip2.train", save_path)
+    try:
+        config = ViP2Config(n_ctx=args.n_ctx, n_cls=args.n_cls, topk=args.topk, features_list=args.features_list,
+                            image_size=args.image_size, fix_quirks=args.fix_quirks,
+                            feature_map_layer=args.feature_map_layer)
+    except ValueError as error:
+        raise SystemExit(f"train.py: {error}")
+    if args.epoch < 1 or args.batch_size < 1:
+        raise SystemExit("train.py: --epoch and --batch_size must be >= 1")
+    device = resolve_device(args.device)
+    dataset = AnomalyDataset(args.train_data_path, config.image_size, split=TRAIN_SPLIT)
+    init = check_init_checkpoint(args.init_checkpoint, config) if args.init_checkpoint else None
+
+    set_seed(args.seed)
+    model = ViP2CLIP(load_clip(args.clip_weights), config)
+    if init is not None:
+        load_weights(model, init, args.init_checkpoint)
+    model.to(device)
+    model.train()
+    parameters = model.trainable_parameters()
+    optimizer = torch.optim.Adam([{"params": parameters["prompt_learner"], "lr": args.learning_rate},
+                                  {"params": parameters["fgp"], "lr": args.fgp_learning_rate}])
+
+    workers = default_workers() if args.num_workers is None else args.num_workers
+    generator = torch.Generator().manual_seed(args.seed)
+    batches = EpochBatches(len(dataset), args.batch_size, generator)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=False)
+    feature_dtype = PRECISIONS[args.precision]
+    cache_place = choose_cache(args.cache_features, device,
+                               FeatureCache.bytes_per_image(model, feature_dtype) * len(dataset))
+    cache = None
+    logger.info("training on %s (%s, %d images, %d classes) on %s, precision %s, feature cache: %s",
+                args.train_data_path, args.dataset, len(dataset), len(dataset.class_names), device,
+                args.precision, cache_place or "off")
+    logger.info("settings: %s", json.dumps(config.to_dict()))
+
+    history, last_saved = [], None
+    for epoch in range(1, args.epoch + 1):
+        batches.batches = batches.draw()
+        start, epoch_losses = time.time(), []
+        use_cache = cache is not None and bool(cache.filled.all())
+        steps = ((cache.batch(index, device) for index in batches.batches) if use_cache
+                 else (load_batch(model, raw, device, args.precision) for raw in loader))
+        progress = tqdm(steps, total=len(batches), desc=f"epoch {epoch}/{args.epoch}", leave=False, unit="batch")
+        for batch in progress:
+            if cache_place is not None and not use_cache:
+                if cache is None:
+                    cache = FeatureCache(len(dataset), batch, cache_place)
+                cache.store(batch["index"], batch)
+            batch["features"] = cast_features(batch["features"], feature_dtype)
+            image_loss, mask_loss = train_step(model, optimizer, batch, args.precision, device)
+            epoch_losses.append({"epoch": epoch, "image_loss": image_loss, "pixel_loss": mask_loss})
+            progress.set_postfix(image=f"{image_loss:.4f}", pixel=f"{mask_loss:.4f}")
+        history.extend(epoch_losses)
+        atomic_write_json(history, save_path / "losses.json")
+        if epoch % args.print_freq == 0 or epoch == args.epoch:
+            mean = lambda key: sum(s[key] for s in epoch_losses) / len(epoch_losses)  # noqa: E731
+            logger.info("epoch [%d/%d], loss:%.4f, image_loss:%.4f (%.1f s)", epoch, args.epoch,
+                        mean("pixel_loss"), mean("image_loss"), time.time() - start)
+        if epoch % args.save_freq == 0 or epoch == args.epoch:
+            last_saved = save_path / f"epoch_{epoch}.pth"
+            save_checkpoint(last_saved, model, epoch)
+            logger.info("saved %s", last_saved)
+    return last_saved
+
+
+def cast_features(features, dtype: torch.dtype):
+    """Heads see features in the run's precision, whether cached or fresh, so caching changes nothing."""
+    from models import ImageFeatures
+
+    return ImageFeatures(features.global_feature.to(dtype), tuple(p.to(dtype) for p in features.patch_features))
+
+
+def load_batch(model: ViP2CLIP, raw: dict, device: torch.device, precision: str) -> dict:
+    images = raw["img"].to(device, non_blocking=True)
+    with torch.no_grad(), autocast(precision, device):
+        features = model.extract_features(images)
+    return {"features": features, "mask": raw["img_mask"].to(device, non_blocking=True),
+            "label": raw["anomaly"].to(device, non_blocking=True).long(), "index": raw["index"]}
+
+
+def run_cli() -> None:
+    try:
+        main()
+    except (DatasetError, CheckpointError, ClipWeightsError, ValueError) as error:
+        raise SystemExit(f"train.py: {error}")
+
+
+if __name__ == "__main__":
+    run_cli()

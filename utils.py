@@ -1,0 +1,147 @@
+"""Small shared helpers: seeding, devices, precision, logging, atomic writes, Gaussian smoothing."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default, as the reference used it
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`auto` (or None) picks CUDA when available; an unavailable CUDA request is an error, not a silent CPU run."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def autocast(precision: str, device: torch.device):
+    """Mixed precision for the backbone and heads; fp32 runs without autocast (the parity path)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def setup_logger(name: str, save_path: str | os.PathLike | None) -> logging.Logger:
+    """Console plus `save_path/log.txt` (appended), one format for both."""
+    logger = logging.getLogger(name)
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    logger.addHandler(console)
+    if save_path is not None:
+        Path(save_path).mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(Path(save_path) / "log.txt")
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    return logger
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_write_json(obj, path: str | os.PathLike) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
+
+
+def atomic_savez(path: str | os.PathLike, **arrays) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def nan_to_none(value):
+    """JSON has no NaN: undefined metrics are written as null."""
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _gaussian_kernel(sigma: float, truncate: float, device, dtype) -> torch.Tensor:
+    radius = int(truncate * float(sigma) + 0.5)
+    x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-0.5 / float(sigma) ** 2 * x * x)
+    return kernel / kernel.sum()
+
+
+def _reflect_index(size: int, radius: int, device) -> torch.Tensor:
+    """Indices of scipy's 'reflect' (half-sample symmetric) padding, also for radius > size."""
+    index = torch.arange(-radius, size + radius, device=device)
+    period = 2 * size
+    index = torch.remainder(index, period)
+    return torch.where(index >= size, period - 1 - index, index)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = GAUSSIAN_TRUNCATE) -> torch.Tensor:
+    """`scipy.ndimage.gaussian_filter(m, sigma)` for each map of `[N, H, W]`, on the maps' device.
+
+    Separable correlation with 'reflect' boundaries, accumulated in float64 like scipy,
+    returned in the input dtype. `sigma <= 0` returns the maps unchanged (as scipy does).
+    """
+    if sigma <= 0:
+        return maps
+    dtype = maps.dtype
+    x = maps.to(torch.float64)
+    kernel = _gaussian_kernel(sigma, truncate, x.device, torch.float64)
+    radius = (kernel.numel() - 1) // 2
+    n, height, width = x.shape
+    rows = x[:, _reflect_index(height, radius, x.device)]  # pad along H
+    x = F.conv1d(rows.permute(0, 2, 1).reshape(n * width, 1, -1), kernel.view(1, 1, -1))
+    x = x.reshape(n, width, height).permute(0, 2, 1)
+    cols = x[:, :, _reflect_index(width, radius, x.device)]  # pad along W
+    x = F.conv1d(cols.reshape(n * height, 1, -1), kernel.view(1, 1, -1)).reshape(n, height, width)
+    return x.to(dtype)
