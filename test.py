@@ -26,11 +26,11 @@ from tqdm import tqdm
 import metrics
 from dataset import AnomalyDataset, DatasetError
 from models import DEFAULTS, SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
-from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings
+from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
+from models.config import SETTING_NAMES
 from utils import (PRECISIONS, atomic_savez, atomic_write_json, autocast, default_workers, gaussian_blur,
                    nan_to_none, resolve_device, set_seed, setup_logger)
 
-SHAPE_SETTINGS = ("n_ctx", "n_cls")  # fixed by the checkpoint's tensors
 RESULTS_FILE = "results.json"
 
 
@@ -75,22 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num_workers", type=int, default=None, help="data-loading processes (default: CPUs available)")
     run.add_argument("--seed", type=int, default=111, help="seed (evaluation is deterministic; kept for parity)")
     return parser
-
-
-def resolve_config(args, checkpoint: dict, checkpoint_path: str) -> ViP2Config:
-    """Explicit flags > the checkpoint's recorded settings > the released scripts' defaults."""
-    recorded = recorded_settings(checkpoint)
-    for name in SHAPE_SETTINGS + ("fix_quirks",):
-        flag = getattr(args, name)
-        if flag is not None and name in recorded and flag != recorded[name]:
-            raise CheckpointError(f"{checkpoint_path} was trained with {name}={recorded[name]}, "
-                                  f"but the command line asks for {flag}: drop --{name} or use another checkpoint")
-    values = DEFAULTS.to_dict()
-    values.update(recorded)
-    for name in values:
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
-    return ViP2Config.from_dict(values)
 
 
 @torch.inference_mode()
@@ -138,7 +122,7 @@ def main(argv=None) -> dict:
     set_seed(args.seed)
     device = resolve_device(args.device)
     checkpoint = read_checkpoint(args.checkpoint_path)
-    config = resolve_config(args, checkpoint, args.checkpoint_path)
+    config = resolve_config(checkpoint, args.checkpoint_path, {name: getattr(args, name) for name in SETTING_NAMES})
     dataset = AnomalyDataset(args.data_path, config.image_size, split="test")
 
     model = ViP2CLIP(load_clip(args.clip_weights), config)

@@ -3,7 +3,7 @@
 A file is `{"prompt_learner": ICA state dict, "Zero_try": FGP state dict}`; files this
 project writes add `"settings"` (a `ViP2Config` as a dict) and `"epoch"`, so that
 `test.py` can rebuild the model without repeated flags. The authors' files carry no
-settings: `n_ctx` and `n_cls` are read from the tensor shapes and the quirks are on.
+settings: `n_ctx` and `n_cls` are read from the tensor shapes, the rest from flags or defaults.
 """
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import torch
 
 from utils import atomic_torch_save
 
-from .config import ViP2Config
+from .config import DEFAULTS, ViP2Config
 
 ICA_KEY = "prompt_learner"
 FGP_KEY = "Zero_try"  # the authors' name for the FGP module
 FORMAT = "vip2clip/1"
+FIXED_BY_CHECKPOINT = ("n_ctx", "n_cls", "fix_quirks")  # tensor shapes and how the prompts were built
 
 
 class CheckpointError(ValueError):
@@ -44,7 +45,24 @@ def recorded_settings(checkpoint: dict) -> dict:
     if "settings" in checkpoint:
         return dict(checkpoint["settings"])
     ica = checkpoint[ICA_KEY]
-    return {"n_ctx": int(ica["ctx_pos"].shape[0]), "n_cls": int(ica["cls_ctx"].shape[0]), "fix_quirks": False}
+    return {"n_ctx": int(ica["ctx_pos"].shape[0]), "n_cls": int(ica["cls_ctx"].shape[0])}
+
+
+def resolve_config(checkpoint: dict, path: str | os.PathLike, overrides: dict) -> ViP2Config:
+    """Settings for a checkpoint: explicit values (not None) > recorded settings > the released defaults.
+
+    Values that contradict what the checkpoint's tensors fix are an error naming both.
+    """
+    recorded = recorded_settings(checkpoint)
+    for name in FIXED_BY_CHECKPOINT:
+        wanted = overrides.get(name)
+        if wanted is not None and name in recorded and wanted != recorded[name]:
+            raise CheckpointError(f"{path} was trained with {name}={recorded[name]}, but {wanted} was asked "
+                                  f"for: drop --{name} or use another checkpoint")
+    values = DEFAULTS.to_dict()
+    values.update(recorded)
+    values.update({name: value for name, value in overrides.items() if value is not None and name in values})
+    return ViP2Config.from_dict(values)
 
 
 def save_checkpoint(path: str | os.PathLike, model, epoch: int) -> None:
