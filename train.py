@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--topk", type=int, default=DEFAULTS.topk, help="patches pooled per layer for the image logit")
     model.add_argument("--features_list", type=int, nargs="+", default=list(DEFAULTS.features_list),
                        help="1-based vision layers whose patch features are aligned")
-    model.add_argument("--feature_map_layer", type=int, nargs="+", default=list(DEFAULTS.feature_map_layer),
-                       help="indices into --features_list averaged into test-time anomaly maps (recorded)")
+    model.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
+                       help="indices into --features_list averaged into test-time anomaly maps (default: all; recorded)")
     model.add_argument("--fix_quirks", action="store_true",
                        help="use the paper's evident intent instead of the reference's quirks (README: 'Quirks')")
     model.add_argument("--init_checkpoint", default=None, help="start from these ICA/FGP weights (released format)")

@@ -7,7 +7,7 @@ checkpoint that `train.py` writes records the settings it was trained with, so
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Constants of the method (SPEC §3, §4): not exposed as flags because the released
 # checkpoints were trained with them.
@@ -31,11 +31,12 @@ class ViP2Config:
     features_list: tuple[int, ...] = (6, 12, 18, 24)
     image_size: int = 518
     fix_quirks: bool = False
-    feature_map_layer: tuple[int, ...] = field(default=(0, 1, 2, 3))
+    feature_map_layer: tuple[int, ...] | None = None  # indices into features_list for the map; None: all
 
     def __post_init__(self):
         self.features_list = tuple(int(x) for x in self.features_list)
-        self.feature_map_layer = tuple(int(x) for x in self.feature_map_layer)
+        if self.feature_map_layer is not None:
+            self.feature_map_layer = tuple(int(x) for x in self.feature_map_layer)
         problems = []
         if self.n_ctx < 1:
             problems.append(f"--n_ctx must be >= 1 (got {self.n_ctx})")
@@ -45,12 +46,17 @@ class ViP2Config:
             problems.append(f"--topk must be >= 1 (got {self.topk})")
         if not self.features_list:
             problems.append("--features_list needs at least one layer")
-        if any(i < 0 or i >= len(self.features_list) for i in self.feature_map_layer):
+        if any(i < 0 or i >= len(self.features_list) for i in self.feature_map_layer or ()):
             problems.append(
                 f"--feature_map_layer {list(self.feature_map_layer)} must index into "
                 f"--features_list {list(self.features_list)} (0 to {len(self.features_list) - 1})")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def map_layers(self) -> tuple[int, ...]:
+        """Positions in `features_list` whose maps are averaged into the test-time anomaly map."""
+        return self.feature_map_layer if self.feature_map_layer is not None else tuple(range(len(self.features_list)))
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -82,7 +82,7 @@ class ViP2CLIP(nn.Module):
         Averaged at patch resolution and upsampled once: bilinear upsampling is linear,
         so this equals the reference's per-layer upsampling up to rounding.
         """
-        layers = [alignment.probabilities[i] for i in self.config.feature_map_layer]
+        layers = [alignment.probabilities[i] for i in self.config.map_layers]
         per_patch = torch.stack([(p[..., 1] + 1 - p[..., 0]) / 2 for p in layers]).mean(dim=0)
         return utpa.upsample(utpa.to_grid(per_patch.unsqueeze(-1)), self.config.image_size)[:, 0]
 

@@ -1,0 +1,136 @@
+"""Properties of the model code that the fixture alone does not pin down."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURE, fixture_model
+from scipy.ndimage import gaussian_filter
+
+from models import ViP2CLIP, ViP2Config, utpa
+from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config, save_checkpoint
+from utils import gaussian_blur
+
+
+def test_prompt_buffers_match_the_reference_checkpoint(tiny_clip):
+    """Built from open_clip's tokenizer and the CLIP token embedding, quirk included."""
+    model = fixture_model(tiny_clip, checkpoint=None)
+    reference = read_checkpoint(FIXTURE / "init.pth")["prompt_learner"]
+    ours = model.prompt_learner.state_dict()
+    for key in [k for k in reference if k.startswith("token")]:
+        torch.testing.assert_close(ours[key], reference[key], rtol=0, atol=0)
+    # the quirk: both prompts embed "damaged"
+    torch.testing.assert_close(ours["token_middle_pos"], ours["token_middle_neg"], rtol=0, atol=0)
+
+
+def test_fix_quirks_changes_normal_prompt_and_global_feature(tiny_clip, fixture_batch):
+    import open_clip
+
+    native = dict(image_size=84, topk=10)  # the tiny CLIP's own resolution: no positional resize
+    quirky = fixture_model(tiny_clip, checkpoint=None, **native)
+    fixed = fixture_model(tiny_clip, checkpoint=None, fix_quirks=True, **native)
+    assert not torch.equal(fixed.prompt_learner.token_middle_pos, fixed.prompt_learner.token_middle_neg)
+    good = tiny_clip.token_embedding.weight[open_clip.tokenize(["good"])[0, 1]]
+    torch.testing.assert_close(fixed.prompt_learner.token_middle_pos[0, 0], good)
+    images = torch.nn.functional.interpolate(fixture_batch["img"][:2], size=84, mode="bilinear")
+    standard = torch.nn.functional.normalize(tiny_clip.encode_image(images), dim=-1)
+    torch.testing.assert_close(fixed.extract_features(images).global_feature, standard, rtol=0, atol=1e-6)
+    assert not torch.allclose(quirky.extract_features(images).global_feature, standard, atol=1e-3)
+
+
+def test_prompt_encoding_equals_open_clip_text_encoder(tiny_clip):
+    """Encoding token embeddings (cut after end-of-text) equals open_clip's encode_text on the same ids."""
+    import open_clip
+
+    model = fixture_model(tiny_clip, checkpoint=None)
+    ids = open_clip.tokenize(["a photo of a damaged bottle", "x x good", "flawless"])
+    ours = model.backbone.encode_prompts(model.backbone.embed_tokens(ids), ids)
+    theirs = torch.nn.functional.normalize(tiny_clip.encode_text(ids), dim=-1)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-6)
+
+
+def test_anomaly_map_equals_per_layer_upsampling(tiny_clip, fixture_batch):
+    """The single upsampling of the averaged map equals the reference's upsample-then-average."""
+    model = fixture_model(tiny_clip)
+    with torch.no_grad():
+        alignment = model.align(model.extract_features(fixture_batch["img"][:3]))
+        per_layer = [(m[:, 1] + 1 - m[:, 0]) / 2 for m in model.probability_maps(alignment)]
+        reference = torch.stack(per_layer).mean(0)
+        ours = model.anomaly_map(alignment)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+
+
+def test_batch_composition_does_not_change_outputs(tiny_clip, fixture_batch):
+    model = fixture_model(tiny_clip)
+    with torch.no_grad():
+        maps_all, scores_all = model(fixture_batch["img"])
+        singles = [model(image[None]) for image in fixture_batch["img"]]
+    torch.testing.assert_close(maps_all, torch.cat([m for m, _ in singles]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(scores_all, torch.cat([s for _, s in singles]), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("settings", [dict(n_ctx=5, n_cls=2, topk=20, image_size=98, features_list=(2, 4)),
+                                      dict(n_ctx=9, n_cls=1, topk=1, image_size=140, features_list=(1, 2, 3, 4),
+                                           feature_map_layer=(2, 3))])
+def test_other_settings_give_well_formed_outputs(tiny_clip, settings):
+    config = ViP2Config(**settings)
+    model = ViP2CLIP(tiny_clip, config).eval()
+    images = torch.randn(2, 3, config.image_size, config.image_size)
+    with torch.no_grad():
+        maps, scores = model(images)
+    assert maps.shape == (2, config.image_size, config.image_size)
+    assert scores.shape == (2,)
+    assert torch.all((maps >= 0) & (maps <= 1)) and torch.all((scores >= 0) & (scores <= 1))
+
+
+def test_image_logits_pool_topk_raw_similarities():
+    similarity = torch.tensor([[[0.1, 0.9], [0.5, 0.2], [0.3, 0.4]]])
+    probability = (similarity / 0.07).softmax(-1)
+    logits = utpa.image_logits([similarity], [probability], topk=2)
+    # abnormal probability ranks patches 0 and 2 first
+    torch.testing.assert_close(logits, torch.tensor([[(0.1 + 0.3) / 2, (0.9 + 0.4) / 2]]) / 0.07)
+
+
+def test_topk_larger_than_patch_count_is_a_clear_error(tiny_clip):
+    with pytest.raises(ValueError, match="--topk 200 exceeds the 81 patches of a 126 px input"):
+        ViP2CLIP(tiny_clip, ViP2Config(topk=200, image_size=126, features_list=(1, 2, 3, 4)))
+
+
+def test_features_list_outside_the_tower_is_a_clear_error(tiny_clip):
+    with pytest.raises(ValueError, match="outside the vision tower's layers 1..4"):
+        ViP2CLIP(tiny_clip, ViP2Config(image_size=126))  # default 6 12 18 24 on a 4-block tower
+
+
+@pytest.mark.parametrize("shape,sigma", [((3, 126, 126), 8), ((2, 20, 37), 8), ((1, 5, 9), 1.5), ((1, 64, 64), 0)])
+def test_gaussian_blur_equals_scipy(shape, sigma):
+    maps = np.random.default_rng(0).random(shape).astype(np.float32)
+    expected = np.stack([gaussian_filter(m, sigma=sigma) for m in maps]) if sigma else maps
+    np.testing.assert_allclose(gaussian_blur(torch.from_numpy(maps), sigma).numpy(), expected, atol=1e-6, rtol=0)
+
+
+def test_checkpoint_records_settings_and_round_trips(tiny_clip, tmp_path):
+    model = fixture_model(tiny_clip, n_ctx=7, topk=30)
+    save_checkpoint(tmp_path / "epoch_3.pth", model, epoch=3)
+    checkpoint = read_checkpoint(tmp_path / "epoch_3.pth")
+    assert checkpoint["epoch"] == 3 and set(checkpoint) >= {"prompt_learner", "Zero_try", "settings"}
+    config = resolve_config(checkpoint, "x", {"topk": None, "image_size": None})
+    assert config == model.config
+    assert resolve_config(checkpoint, "x", {"topk": 10}).topk == 10
+    with pytest.raises(CheckpointError, match="trained with n_ctx=7, but 4 was asked for"):
+        resolve_config(checkpoint, "x", {"n_ctx": 4})
+    clone = fixture_model(tiny_clip, checkpoint=None, topk=30)
+    load_weights(clone, checkpoint, tmp_path / "epoch_3.pth")
+    for key, value in model.prompt_learner.state_dict().items():
+        torch.testing.assert_close(clone.prompt_learner.state_dict()[key], value, rtol=0, atol=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch_3.pth"]
+
+
+def test_released_checkpoint_with_other_shapes_names_both(tiny_clip):
+    model = fixture_model(tiny_clip, checkpoint=None, n_ctx=5, n_cls=2)
+    with pytest.raises(CheckpointError, match=r"n_ctx=5, n_cls=2.*ctx_pos: checkpoint \(7, 128\) vs model \(5, 128\)"):
+        load_weights(model, read_checkpoint(FIXTURE / "init.pth"), FIXTURE / "init.pth")
+
+
+def test_released_checkpoint_settings_come_from_shapes():
+    config = resolve_config(read_checkpoint(FIXTURE / "init.pth"), "init.pth", {"image_size": 126})
+    assert (config.n_ctx, config.n_cls, config.image_size, config.topk) == (7, 3, 126, 50)
