@@ -1,0 +1,58 @@
+"""train.py behaviour beyond parity: the feature cache changes nothing, odd batch sizes work, bad flags fail clearly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import FIXTURE, FIXTURE_SETTINGS, run_script
+
+import train
+from models.checkpoint import read_checkpoint
+
+
+def train_in_process(folder, clip_pt, *extra):
+    args = ["--train_data_path", FIXTURE / "data", "--save_path", folder, "--clip_weights", clip_pt,
+            "--init_checkpoint", FIXTURE / "init.pth", *FIXTURE_SETTINGS, "--num_workers", "0", "--device", "cpu",
+            *extra]
+    last = train.main([str(a) for a in args])
+    return json.loads((folder / "losses.json").read_text()), read_checkpoint(last)
+
+
+def test_feature_cache_gives_the_same_training(tmp_path, clip_pt):
+    common = ("--epoch", "3", "--batch_size", "3", "--seed", "5")
+    cached_losses, cached = train_in_process(tmp_path / "cached", clip_pt, "--cache_features", "cpu", *common)
+    fresh_losses, fresh = train_in_process(tmp_path / "fresh", clip_pt, "--cache_features", "off", *common)
+    assert len(cached_losses) == len(fresh_losses) == 9  # 3 epochs of batches 3, 3, 2
+    for a, b in zip(cached_losses, fresh_losses):
+        assert a["image_loss"] == pytest.approx(b["image_loss"], abs=1e-6)
+        assert a["pixel_loss"] == pytest.approx(b["pixel_loss"], abs=1e-6)
+    for group in ("prompt_learner", "Zero_try"):
+        for key, value in cached[group].items():
+            torch.testing.assert_close(value, fresh[group][key], rtol=0, atol=1e-6)
+
+
+def test_final_batch_of_one_image(tmp_path, clip_pt):
+    losses, checkpoint = train_in_process(tmp_path, clip_pt, "--epoch", "1", "--batch_size", "7")
+    assert len(losses) == 2  # 7 images, then 1
+    assert all(torch.isfinite(torch.tensor([s["image_loss"], s["pixel_loss"]])).all() for s in losses)
+    assert checkpoint["epoch"] == 1 and checkpoint["settings"]["image_size"] == 126
+
+
+def test_fresh_training_is_seeded(tmp_path, clip_pt):
+    runs = []
+    for name in ("a", "b"):
+        train.main([str(a) for a in ["--train_data_path", FIXTURE / "data", "--save_path", tmp_path / name,
+                                     "--clip_weights", clip_pt, *FIXTURE_SETTINGS, "--epoch", "1",
+                                     "--num_workers", "0", "--device", "cpu", "--seed", "3"]])
+        runs.append(read_checkpoint(tmp_path / name / "epoch_1.pth"))
+    for key, value in runs[0]["prompt_learner"].items():
+        torch.testing.assert_close(value, runs[1]["prompt_learner"][key], rtol=0, atol=0)
+
+
+def test_init_checkpoint_with_other_settings_fails_clearly(tmp_path, clip_pt):
+    result = run_script("train.py", "--train_data_path", FIXTURE / "data", "--save_path", tmp_path,
+                        "--init_checkpoint", FIXTURE / "init.pth", "--clip_weights", clip_pt, *FIXTURE_SETTINGS,
+                        "--n_cls", "2", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "made with n_cls=3, but --n_cls is 2: pass --n_cls 3" in result.stderr
