@@ -29,7 +29,7 @@ from models import DEFAULTS, SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, ViP2Co
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
 from models.config import SETTING_NAMES
 from utils import (PRECISIONS, atomic_savez, atomic_write_json, autocast, default_workers, gaussian_blur,
-                   nan_to_none, resolve_device, set_seed, setup_logger)
+                   memory_note, nan_to_none, peak_gpu_memory_gb, resolve_device, set_seed, setup_logger)
 
 RESULTS_FILE = "results.json"
 
@@ -138,6 +138,8 @@ def main(argv=None) -> dict:
     workers = default_workers() if args.num_workers is None else args.num_workers
     outputs = predict(model, dataset, device, batch_size=batch_size, workers=workers, precision=args.precision,
                       sigma=args.sigma)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     inference_seconds = time.time() - start
     if args.save_maps:
         save_maps(args.save_maps, outputs, dataset)
@@ -147,12 +149,18 @@ def main(argv=None) -> dict:
     results = metrics.evaluate(outputs["anomaly_maps"], outputs["gt_masks"], outputs["image_scores"],
                                outputs["labels"], cls_names, pro_mode=args.pro_mode,
                                keys=metrics.LEVELS[args.metrics], progress=True)
+    total_seconds = time.time() - start
+    stats = {"images": len(dataset), "seconds": total_seconds, "images_per_second": len(dataset) / total_seconds,
+             "inference_seconds": inference_seconds, "metrics_seconds": total_seconds - inference_seconds,
+             "precision": args.precision, "batch_size": batch_size, "device": str(device),
+             "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
     logger.info("\n%s", metrics.format_table(results, keys=metrics.LEVELS[args.metrics]))
-    logger.info("%d images in %.1f s (%.1f images/s model and smoothing), metrics %.1f s", len(dataset),
-                time.time() - start, len(dataset) / inference_seconds, time.time() - start - inference_seconds)
+    logger.info("%d images in %.1f s end to end (%.1f images/s); model and smoothing %.1f s, metrics %.1f s%s",
+                len(dataset), total_seconds, stats["images_per_second"], inference_seconds,
+                stats["metrics_seconds"], memory_note(device))
     atomic_write_json(nan_to_none({"dataset": label, "checkpoint": str(args.checkpoint_path),
                                    "pro_mode": args.pro_mode, "settings": config.to_dict(),
-                                   "metrics": results}), save_path / RESULTS_FILE)
+                                   "metrics": results, "run": stats}), save_path / RESULTS_FILE)
     if args.visualize:
         import visualization
 

@@ -21,8 +21,9 @@ from dataset import AnomalyDataset, DatasetError
 from models import DEFAULTS, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings, save_checkpoint
 from models.losses import pixel_loss
-from utils import (PRECISIONS, atomic_write_json, autocast, default_workers, resolve_device, set_seed,
-                   setup_logger)
+from utils import (PRECISIONS, atomic_write_json, autocast, default_workers, memory_note, peak_gpu_memory_gb,
+                   resolve_device,
+                   set_seed, setup_logger)
 
 TRAIN_SPLIT = "test"  # the reference trains on the auxiliary dataset's annotated test split
 CACHE_MODES = ("auto", "gpu", "cpu", "off")
@@ -211,7 +212,7 @@ def main(argv=None) -> Path:
                 args.precision, cache_place or "off")
     logger.info("settings: %s", json.dumps(config.to_dict()))
 
-    history, last_saved = [], None
+    history, last_saved, training_start = [], None, time.time()
     for epoch in range(1, args.epoch + 1):
         batches.batches = batches.draw()
         start, epoch_losses = time.time(), []
@@ -238,6 +239,14 @@ def main(argv=None) -> Path:
             last_saved = save_path / f"epoch_{epoch}.pth"
             save_checkpoint(last_saved, model, epoch)
             logger.info("saved %s", last_saved)
+    seconds = time.time() - training_start
+    stats = {"epochs": args.epoch, "images": len(dataset), "seconds": seconds,
+             "images_per_second": args.epoch * len(dataset) / seconds, "precision": args.precision,
+             "feature_cache": str(cache_place or "off"), "device": str(device),
+             "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
+    atomic_write_json(stats, save_path / "train_stats.json")
+    logger.info("trained %d epochs in %.1f s (%.1f images/s)%s", args.epoch, seconds, stats["images_per_second"],
+                memory_note(device))
     return last_saved
 
 

@@ -44,6 +44,18 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
 
 
+def peak_gpu_memory_gb(device: torch.device) -> float | None:
+    """Peak memory PyTorch allocated on a CUDA device (None elsewhere), for the logs and benchmarks."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def memory_note(device: torch.device) -> str:
+    peak = peak_gpu_memory_gb(device)
+    return f", peak GPU memory {peak:.1f} GiB" if peak is not None else ""
+
+
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
