@@ -1,0 +1,15 @@
+"""meta.json (SPEC §10) for the benchmarks as downloaded, and a synthetic dataset.
+
+    python -m generate_dataset_json mvtec --root data/mvtec
+
+or, from Python, `write_meta(build_meta("mvtec", root), root / "meta.json")`. The
+datasets and their layouts are the rows of `registry.DATASETS`.
+"""
+
+from .files import DatasetError
+from .meta import DatasetWarning, build_meta, format_table, write_meta
+from .registry import DATASETS, DatasetSpec, get_spec
+from .synthetic import make_synthetic_dataset
+
+__all__ = ["DATASETS", "DatasetError", "DatasetSpec", "DatasetWarning", "build_meta", "format_table",
+           "get_spec", "make_synthetic_dataset", "write_meta"]
