@@ -1,7 +1,6 @@
 """Evaluate ViP²-CLIP zero-shot on a dataset described by meta.json: maps, scores and metrics per class.
 
-    python test.py --data_path data/visa --checkpoint_path checkpoints/mvtec_train_epoch_10.pth \
-        --clip_weights ViT-L-14-336px.pt --save_path results/visa
+    python test.py --data_path data/visa --checkpoint_path mvtec_train_epoch_10.pth --save_path results/visa
 
     python test.py --smoke      # no weights or data needed: a synthetic end-to-end check
 
@@ -28,14 +27,14 @@ from dataset import AnomalyDataset, DatasetError
 from models import DEFAULTS, SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
 from models.config import SETTING_NAMES
-from utils import (PRECISIONS, atomic_savez, atomic_write_json, autocast, default_workers, gaussian_blur,
+from utils import (HelpFormatter, PRECISIONS, atomic_savez, atomic_write_json, autocast, default_workers, gaussian_blur,
                    memory_note, nan_to_none, peak_gpu_memory_gb, resolve_device, set_seed, setup_logger)
 
 RESULTS_FILE = "results.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--smoke", action="store_true",
                         help="generate a synthetic dataset and a tiny random CLIP, train one epoch, evaluate")
     data = parser.add_argument_group("data")

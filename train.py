@@ -21,7 +21,7 @@ from dataset import AnomalyDataset, DatasetError
 from models import DEFAULTS, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings, save_checkpoint
 from models.losses import pixel_loss
-from utils import (PRECISIONS, atomic_write_json, autocast, default_workers, memory_note, peak_gpu_memory_gb,
+from utils import (HelpFormatter, PRECISIONS, atomic_write_json, autocast, default_workers, memory_note, peak_gpu_memory_gb,
                    resolve_device,
                    set_seed, setup_logger)
 
@@ -30,7 +30,7 @@ CACHE_MODES = ("auto", "gpu", "cpu", "off")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--train_data_path", required=True, help="dataset root holding meta.json (its test split is used)")
     data.add_argument("--save_path", default="./checkpoints", help="folder for epoch_{n}.pth, log.txt and losses.json")

@@ -1,6 +1,7 @@
 """Small shared helpers: seeding, devices, precision, logging, atomic writes, Gaussian smoothing."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -18,6 +19,16 @@ import torch.nn.functional as F
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default, as the reference used it
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the module docstring's layout and shows each flag's default where it has a real one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def set_seed(seed: int) -> None:
