@@ -1,0 +1,298 @@
+"""Run ViP²-CLIP on your own images: a heat-map overlay per image and one scores.csv.
+
+    python predict.py photos/ more/*.jpg one.png --checkpoint_path checkpoints/mvtec_train_epoch_10.pth \
+        --clip_weights ViT-L-14-336px.pt --out predictions/
+
+Zero-shot: no class name and no mask are needed. PATH may be an image file, a folder
+(searched recursively for image files, extensions case-insensitive) or a glob (quote
+it to let predict.py expand it; `**` recurses). For every image it writes, under OUT,
+mirroring the input folders below their common parent:
+
+    REL/NAME.png    the anomaly map over the resized image, with a colour bar
+    REL/NAME.npy    with --save_raw: the map shown (float32 [S, S], smoothed with --sigma)
+    scores.csv      path, image score, max pixel score, overlay (and map) file, one row per image
+    log.txt         the run's log, including every file skipped and why
+
+Files that cannot be read are reported (one line each) and skipped; the exit status is
+non-zero only when no image at all could be processed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+import visualization
+from dataset import DatasetError, load_image
+from models import DEFAULTS, SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
+from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
+from models.config import SETTING_NAMES
+from utils import (PRECISIONS, atomic_write_bytes, autocast, default_workers, gaussian_blur, resolve_device,
+                   setup_logger)
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+SCORES_FILE = "scores.csv"
+SCORE_COLUMNS = ("path", "image_score", "max_pixel_score", "overlay", "map")
+GLOB_CHARACTERS = frozenset("*?[")
+MAX_DEFAULT_WORKERS = 4  # decoding keeps up with the model well before that
+# Per-file failures that mean "this file is not a readable image"; anything else is a bug and propagates.
+UNREADABLE = (DatasetError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for overlays, maps, scores.csv, log.txt")
+    parser.add_argument("--save_raw", action="store_true", help="also write each map as NAME.npy (float32 [S, S])")
+    parser.add_argument("--color_scale", choices=("fixed", "image"), default="fixed",
+                        help="overlay colours: fixed [0, 1] (comparable across images), or each map's own min-max")
+    parser.add_argument("--sigma", type=float, default=SMOOTHING_SIGMA,
+                        help="sigma of the Gaussian smoothing of the maps, in pixels (0: none), as in test.py")
+    model = parser.add_argument_group("model (settings a train.py checkpoint records are read from it)")
+    model.add_argument("--checkpoint_path", required=True, help="ICA/FGP weights: train.py's epoch_{n}.pth or a released file")
+    model.add_argument("--clip_weights", default="openai",
+                       help="OpenAI ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    model.add_argument("--image_size", type=int, default=None, help=f"input size (default: checkpoint, else {DEFAULTS.image_size})")
+    model.add_argument("--n_ctx", type=int, default=None, help=f"context tokens (default: checkpoint, else {DEFAULTS.n_ctx})")
+    model.add_argument("--n_cls", type=int, default=None, help=f"image-conditioned tokens (default: checkpoint, else {DEFAULTS.n_cls})")
+    model.add_argument("--topk", type=int, default=None, help=f"patches pooled per layer (default {DEFAULTS.topk})")
+    model.add_argument("--features_list", type=int, nargs="+", default=None,
+                       help=f"1-based vision layers (default {' '.join(map(str, DEFAULTS.features_list))})")
+    model.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
+                       help="indices into --features_list averaged into the anomaly map (default: all)")
+    model.add_argument("--fix_quirks", action="store_true", default=None,
+                       help="only for released checkpoints trained that way; train.py's files record it")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    run.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="backbone and heads precision")
+    run.add_argument("--batch_size", type=int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
+    run.add_argument("--num_workers", type=int, default=None,
+                     help="image-loading processes (default: 0 on CPU, up to 4 with a GPU)")
+    return parser
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass(frozen=True)
+class InputImage:
+    path: Path  # as found (relative paths stay relative), written to scores.csv
+    name: str  # output path below --out, without extension
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+def find_images(arguments: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Expand PATH arguments into image files (first-seen order, no duplicates), and the arguments that matched nothing.
+
+    Files named explicitly are always tried (whatever their extension); files found in
+    folders or by globs must have an image extension, and a folder's walk skips `out_dir`
+    when that lies inside it (a rerun would otherwise read its own overlays).
+    """
+    out_dir = out_dir.resolve()
+    found: dict[Path, Path] = {}
+    unmatched = []
+
+    def add(path: Path, explicit: bool) -> None:
+        if path.is_file() and (explicit or _is_image(path)):
+            found.setdefault(path.resolve(), path)
+
+    def add_folder(folder: Path) -> None:
+        skip_out = out_dir != folder.resolve() and _inside(out_dir, folder.resolve())
+        for path in sorted(folder.rglob("*")):
+            if not (skip_out and _inside(path, out_dir)):
+                add(path, explicit=False)
+
+    for argument in arguments:
+        path = Path(argument)
+        before = len(found)
+        if path.is_dir():
+            add_folder(path)
+        elif path.is_file():
+            add(path, explicit=True)
+        elif GLOB_CHARACTERS & set(argument):
+            for match in sorted(glob.glob(argument, recursive=True)):
+                match = Path(match)
+                if match.is_dir():
+                    add_folder(match)
+                else:
+                    add(match, explicit=False)
+        if len(found) == before and not path.is_file():
+            unmatched.append(argument)
+    return list(found.values()), unmatched
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """Output names that mirror the inputs below their common folder: `a/good/000` and `b/good/000` stay apart.
+
+    Two inputs that differ only by extension (`x.png`, `x.jpg`) get `x` and `x_2`.
+    """
+    if not paths:
+        return []
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    names = []
+    for path in resolved:
+        relative = path.relative_to(common).with_suffix("")
+        names.append("/".join(visualization.safe_name(part) for part in relative.parts))
+    return visualization.unique_names(names)
+
+
+def check_no_overwrite(items: list[InputImage], out_dir: Path) -> None:
+    """Refuse an --out that would write an overlay or map over one of the input images."""
+    inputs = {item.path.resolve() for item in items}
+    for item in items:
+        for suffix in (".png", ".npy"):
+            target = (out_dir / f"{item.name}{suffix}").resolve()
+            if target in inputs:
+                raise ValueError(f"--out {out_dir} would overwrite the input {target} with an overlay: "
+                                 f"choose an output folder outside the input folders")
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Loads each file with the dataset's preprocessing; a failure becomes a message, not an exception."""
+
+    def __init__(self, paths: list[Path], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image, _ = load_image(self.paths[index], self.size)
+            return index, image, None
+        except UNREADABLE as error:
+            cause = error.__cause__ or error
+            return index, None, f"{type(cause).__name__}: {cause}"
+
+
+def collate(items):
+    """Readable images stacked into one batch; unreadable ones passed on as (index, reason)."""
+    good = [(index, image) for index, image, _ in items if image is not None]
+    failed = [(index, reason) for index, _, reason in items if reason is not None]
+    indices = [index for index, _ in good]
+    images = torch.stack([image for _, image in good]) if good else None
+    return indices, images, failed
+
+
+# ---------------------------------------------------------------- run
+
+def write_scores(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SCORE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())
+
+
+def build_model(args, device: torch.device) -> ViP2CLIP:
+    checkpoint = read_checkpoint(args.checkpoint_path)
+    config = resolve_config(checkpoint, args.checkpoint_path, {name: getattr(args, name) for name in SETTING_NAMES})
+    model = ViP2CLIP(load_clip(args.clip_weights), config)
+    load_weights(model, checkpoint, args.checkpoint_path)
+    return model.to(device).eval()
+
+
+def save_outputs(image: torch.Tensor, anomaly_map: torch.Tensor, score: float, item: InputImage, out_dir: Path,
+                 args) -> dict:
+    """Overlay (and map) of one image; returns its scores.csv row."""
+    anomaly_map = anomaly_map.float().cpu().numpy()
+    limits = visualization.value_range(anomaly_map, "fixed" if args.color_scale == "fixed" else "data")
+    overlay = f"{item.name}.png"
+    png = visualization.render_overlay(visualization.denormalize(image), anomaly_map, limits=limits,
+                                       title=f"image score {score:.3f} · max pixel {anomaly_map.max():.3f}")
+    visualization.write_png(out_dir / overlay, png)
+    map_file = ""
+    if args.save_raw:
+        map_file = f"{item.name}.npy"
+        buffer = io.BytesIO()
+        np.save(buffer, anomaly_map.astype(np.float32))
+        atomic_write_bytes(out_dir / map_file, buffer.getvalue())
+    return {"path": str(item.path), "image_score": f"{score:.6f}", "max_pixel_score": f"{anomaly_map.max():.6f}",
+            "overlay": overlay, "map": map_file}
+
+
+@torch.inference_mode()
+def main(argv=None) -> int:
+    """Returns the number of images processed (test-friendly); `run_cli` turns it into the exit status."""
+    args = build_parser().parse_args(argv)
+    out_dir = Path(args.out)
+    logger = setup_logger("vip2.predict", out_dir)
+    paths, unmatched = find_images(args.paths, out_dir)
+    for argument in unmatched:
+        logger.warning("no image found for %s (not a file, a folder with images, or a matching glob)", argument)
+    if not paths:
+        logger.error("nothing to do: no image files in %s", " ".join(args.paths))
+        return 0
+    items = [InputImage(path, name) for path, name in zip(paths, output_names(paths))]
+    check_no_overwrite(items, out_dir)
+    device = resolve_device(args.device)
+    model = build_model(args, device)
+    size = model.config.image_size
+    batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
+    workers = args.num_workers
+    if workers is None:  # on a CPU the model needs every core; decoding in parallel pays off only beside a GPU
+        workers = min(MAX_DEFAULT_WORKERS, default_workers()) if device.type == "cuda" else 0
+    if len(paths) <= batch_size:  # one batch: starting loader processes would cost more than it saves
+        workers = 0
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, size), batch_size=batch_size, shuffle=False,
+                                         num_workers=workers, collate_fn=collate)
+    logger.info("predicting %d image(s) at %dx%d on %s, precision %s; outputs in %s", len(paths), size, size,
+                device, args.precision, out_dir)
+
+    rows, skipped = [], 0
+    with logging_redirect_tqdm(loggers=[logger]):
+        progress = tqdm(total=len(paths), desc="predict", unit="image")
+        for indices, images, failed in loader:
+            for index, reason in failed:
+                logger.warning("skipped %s: cannot read it as an image (%s)", paths[index], reason)
+            skipped += len(failed)
+            if images is not None:
+                with autocast(args.precision, device):
+                    raw_maps, scores = model(images.to(device))
+                maps = gaussian_blur(raw_maps.float(), args.sigma).cpu()
+                scores = scores.float().cpu().tolist()
+                for row, index in enumerate(indices):
+                    rows.append(save_outputs(images[row], maps[row], scores[row], items[index], out_dir, args))
+            progress.update(len(indices) + len(failed))
+        progress.close()
+
+    if rows:
+        write_scores(out_dir / SCORES_FILE, rows)
+    logger.info("done: %d image(s) processed, %d unreadable file(s) skipped%s; %s", len(rows), skipped,
+                f", {len(unmatched)} PATH argument(s) matched nothing" if unmatched else "",
+                f"scores in {out_dir / SCORES_FILE}" if rows else "no scores.csv written")
+    return len(rows)
+
+
+def run_cli() -> None:
+    try:
+        processed = main()
+    except (CheckpointError, ClipWeightsError, ValueError) as error:
+        sys.exit(f"predict.py: {error}")
+    sys.exit(0 if processed else 1)
+
+
+if __name__ == "__main__":
+    run_cli()

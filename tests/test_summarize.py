@@ -1,0 +1,109 @@
+"""summarize.py: results.json files into the paper's tables, beside the paper's values (from its one registry)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import summarize
+
+MVTEC = {"pixel_auroc": 0.9123, "pixel_ap": 0.40, "pixel_f1": 0.4449, "pixel_aupro": 0.8562,
+         "image_auroc": 0.9051, "image_ap": 0.9712, "image_f1": None}  # null: undefined in that run
+HEADCT = {"image_auroc": 0.9468, "image_ap": 0.9010, "image_f1": 0.8810}
+
+
+def write_results(folder: Path, dataset: str, mean: dict, pro_mode: str = "official") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "results.json"
+    path.write_text(json.dumps({"dataset": dataset, "checkpoint": "ckpt.pth", "pro_mode": pro_mode,
+                                "settings": {}, "metrics": {"some_class": mean, "mean": mean}}))
+    return path
+
+
+def table_rows(summary: str, heading: str) -> list[list[str]]:
+    """The body rows of the table under `heading`, as lists of cell strings."""
+    lines = summary.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("###") and heading in line)
+    rows = []
+    for line in lines[start + 4:]:  # heading, blank, header, separator
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def row_values(row: list[str]) -> list[float | None]:
+    return [None if cell == summarize.MISSING else float(cell) for cell in row[2:]]
+
+
+@pytest.fixture()
+def summary(tmp_path) -> str:
+    write_results(tmp_path / "mvtec", "mvtec", MVTEC)
+    write_results(tmp_path / "nested" / "headct", "headct", HEADCT)
+    return summarize.main([str(tmp_path)])
+
+
+def test_industrial_rows_against_the_paper(summary):
+    rows = table_rows(summary, "Table 1")
+    paper = summarize.PAPER["mvtec"].values
+    columns = summarize.TABLES["industrial"][1]
+    assert [row[:2] for row in rows[:3]] == [["MVTec AD", "this run"], ["", "paper"], ["", "difference"]]
+    assert row_values(rows[0]) == [90.5, 97.1, None, 91.2, 85.6, 44.5]  # percent, 1 decimal, "–" for null
+    assert row_values(rows[1]) == [paper[c] for c in columns]
+    expected_difference = [None if MVTEC[c] is None else round(100 * MVTEC[c] - paper[c], 1) for c in columns]
+    assert row_values(rows[2]) == expected_difference == [-0.7, 1.1, None, 0.7, -1.5, 1.4]
+    # one dataset: the average row repeats it, and the paper average covers the same dataset only
+    assert rows[3][:2] == ["**average**", "this run"] and row_values(rows[3]) == row_values(rows[0])
+    assert row_values(rows[4]) == [91.2, 96.0, None, 90.5, 87.1, 43.1]
+    assert len(rows) == 6
+
+
+def test_medical_image_level_table(summary):
+    rows = table_rows(summary, "medical datasets, image level")
+    assert rows[0][:2] == ["HeadCT", "this run"]
+    assert row_values(rows[0]) == [94.7, 90.1, 88.1]
+    assert row_values(rows[1]) == list(summarize.PAPER["headct"].values.values())
+    assert row_values(rows[2]) == [0.4, -3.8, 0.0]
+    assert "pixel level" not in summary and "not in the paper" not in summary
+
+
+def test_summary_file_and_out_option(tmp_path, summary):
+    assert (tmp_path / summarize.SUMMARY_FILE).read_text() == summary
+    other = tmp_path / "elsewhere" / "table.md"
+    assert summarize.main([str(tmp_path), "--out", str(other)]) == other.read_text()
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_average_over_several_datasets(tmp_path):
+    write_results(tmp_path / "a", "mvtec", MVTEC)
+    write_results(tmp_path / "b", "VisA", {**MVTEC, "image_auroc": 0.8051, "image_f1": 0.80})
+    rows = table_rows(summarize.main([str(tmp_path)]), "Table 1")
+    assert [row[0] for row in rows[::3]] == ["MVTec AD", "VisA", "**average**"]  # the paper's row order
+    average, paper_average, difference = map(row_values, rows[6:9])
+    assert average[0] == 85.5 and paper_average[0] == round((91.2 + 88.5) / 2, 1) and difference[0] == -4.3
+    assert average[2] == 80.0 and paper_average[2] == 84.8  # F1: only VisA has a value, so only VisA's paper value
+
+
+def test_unknown_datasets_exact_pro_and_bad_files(tmp_path, capsys):
+    write_results(tmp_path / "s", "synthetic", {**MVTEC, "pixel_aupro": -0.0}, pro_mode="exact")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{")
+    summary = summarize.main([str(tmp_path)])
+    rows = table_rows(summary, "not in the paper")
+    assert rows == [["synthetic (exact PRO)", "this run", "90.5", "97.1", "–", "91.2", "0.0", "44.5"]]
+    assert "broken" in capsys.readouterr().err
+
+
+def test_labels_match_the_registry():
+    assert summarize.paper_key("mvtec") == summarize.paper_key("MVTec AD") == "mvtec"
+    assert summarize.paper_key("DTD-Synthetic") == "dtd" and summarize.paper_key("CVC-ClinicDB") == "clinicdb"
+    assert summarize.paper_key("synthetic") is None
+    # every registry row belongs to a table and gives the triple(s) that table shows
+    for key, row in summarize.PAPER.items():
+        assert set(summarize.TABLES[row.table][1]) == set(row.values), key
+
+
+def test_no_results_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="no results.json"):
+        summarize.main([str(tmp_path)])
