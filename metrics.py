@@ -795,10 +795,13 @@ def format_table(results: dict, keys=METRIC_KEYS) -> str:
     rows = [[cls] + [cell(results[cls].get(key, math.nan)) for key in columns] for cls in rows_present]
     table = tabulate(rows, headers=["objects"] + [HEADERS[key] for key in columns], tablefmt="pipe",
                      disable_numparse=True, colalign=("left",) + ("right",) * len(columns))
-    left_out = classes_left_out(results, columns)
-    if left_out:
-        notes = "; ".join(f"{HEADERS[key]}: {', '.join(classes)}" for key, classes in left_out.items())
-        table += f"\nn/a = undefined for that class and left out of the mean ({notes})"
+    undefined = {}  # class -> the columns where it is n/a
+    for key, classes in classes_left_out(results, columns).items():
+        for cls in classes:
+            undefined.setdefault(cls, []).append(HEADERS[key])
+    if undefined:
+        notes = "; ".join(f"{cls} ({', '.join(headers)})" for cls, headers in undefined.items())
+        table += f"\nn/a = undefined, left out of the mean: {notes}"
     return table
 
 
@@ -882,8 +885,13 @@ def _parse_args(argv):
     return parser.parse_args(argv)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"metrics.py: warning: {message}\n"
+
+
 def main(argv=None) -> int:
     args = _parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         data = load_maps(args.maps)
     except (OSError, KeyError, ValueError) as error:
