@@ -35,9 +35,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import visualization
 from dataset import DatasetError, load_image
-from models import DEFAULTS, SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
+from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
-from models.config import SETTING_NAMES
+from models.clip_loader import CLIP_WEIGHTS_HELP
+from models.config import add_setting_overrides, setting_overrides
 from utils import (PRECISIONS, atomic_write_bytes, autocast, default_workers, gaussian_blur, resolve_device,
                    setup_logger)
 
@@ -61,18 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sigma of the Gaussian smoothing of the maps, in pixels (0: none), as in test.py")
     model = parser.add_argument_group("model (settings a train.py checkpoint records are read from it)")
     model.add_argument("--checkpoint_path", required=True, help="ICA/FGP weights: train.py's epoch_{n}.pth or a released file")
-    model.add_argument("--clip_weights", default="openai",
-                       help="OpenAI ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
-    model.add_argument("--image_size", type=int, default=None, help=f"input size (default: checkpoint, else {DEFAULTS.image_size})")
-    model.add_argument("--n_ctx", type=int, default=None, help=f"context tokens (default: checkpoint, else {DEFAULTS.n_ctx})")
-    model.add_argument("--n_cls", type=int, default=None, help=f"image-conditioned tokens (default: checkpoint, else {DEFAULTS.n_cls})")
-    model.add_argument("--topk", type=int, default=None, help=f"patches pooled per layer (default {DEFAULTS.topk})")
-    model.add_argument("--features_list", type=int, nargs="+", default=None,
-                       help=f"1-based vision layers (default {' '.join(map(str, DEFAULTS.features_list))})")
-    model.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
-                       help="indices into --features_list averaged into the anomaly map (default: all)")
-    model.add_argument("--fix_quirks", action="store_true", default=None,
-                       help="only for released checkpoints trained that way; train.py's files record it")
+    model.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)
+    add_setting_overrides(model)
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     run.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="backbone and heads precision")
@@ -208,7 +199,7 @@ def write_scores(path: Path, rows: list[dict]) -> None:
 
 def build_model(args, device: torch.device) -> ViP2CLIP:
     checkpoint = read_checkpoint(args.checkpoint_path)
-    config = resolve_config(checkpoint, args.checkpoint_path, {name: getattr(args, name) for name in SETTING_NAMES})
+    config = resolve_config(checkpoint, args.checkpoint_path, setting_overrides(args))
     model = ViP2CLIP(load_clip(args.clip_weights), config)
     load_weights(model, checkpoint, args.checkpoint_path)
     return model.to(device).eval()

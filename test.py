@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 import metrics
 from dataset import AnomalyDataset, DatasetError
-from models import DEFAULTS, SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
+from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
-from models.config import SETTING_NAMES
+from models.clip_loader import CLIP_WEIGHTS_HELP
+from models.config import add_setting_overrides, setting_overrides
 from utils import (HelpFormatter, PRECISIONS, atomic_savez, atomic_write_json, autocast, default_workers, gaussian_blur,
                    memory_note, nan_to_none, peak_gpu_memory_gb, resolve_device, set_seed, setup_logger)
 
@@ -41,20 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data_path", help="dataset root holding meta.json (its test split is evaluated)")
     data.add_argument("--save_path", default="./results", help="folder for log.txt, results.json and figures")
     data.add_argument("--dataset", default="", help="a label for logs and result tables (classes come from meta.json)")
-    data.add_argument("--image_size", type=int, default=None, help=f"input size (default {DEFAULTS.image_size})")
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint_path", help="ICA/FGP weights: train.py's epoch_{n}.pth or a released file")
-    model.add_argument("--clip_weights", default="openai",
-                       help="OpenAI ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
-    model.add_argument("--n_ctx", type=int, default=None, help=f"context tokens (default: checkpoint, else {DEFAULTS.n_ctx})")
-    model.add_argument("--n_cls", type=int, default=None, help=f"image-conditioned tokens (default: checkpoint, else {DEFAULTS.n_cls})")
-    model.add_argument("--topk", type=int, default=None, help=f"patches pooled per layer (default {DEFAULTS.topk})")
-    model.add_argument("--features_list", type=int, nargs="+", default=None,
-                       help=f"1-based vision layers (default {' '.join(map(str, DEFAULTS.features_list))})")
-    model.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
-                       help="indices into --features_list averaged into the anomaly map (default: all)")
-    model.add_argument("--fix_quirks", action="store_true", default=None,
-                       help="only for released checkpoints trained that way; train.py's files record it")
+    model.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)
+    add_setting_overrides(model)
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--metrics", choices=tuple(metrics.LEVELS), default="image-pixel-level",
                             help="which metrics to compute")
@@ -121,7 +112,7 @@ def main(argv=None) -> dict:
     set_seed(args.seed)
     device = resolve_device(args.device)
     checkpoint = read_checkpoint(args.checkpoint_path)
-    config = resolve_config(checkpoint, args.checkpoint_path, {name: getattr(args, name) for name in SETTING_NAMES})
+    config = resolve_config(checkpoint, args.checkpoint_path, setting_overrides(args))
     dataset = AnomalyDataset(args.data_path, config.image_size, split="test")
 
     model = ViP2CLIP(load_clip(args.clip_weights), config)

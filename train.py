@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from dataset import AnomalyDataset, DatasetError
 from models import DEFAULTS, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
+from models.clip_loader import CLIP_WEIGHTS_HELP
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings, save_checkpoint
 from models.losses import pixel_loss
 from utils import (HelpFormatter, PRECISIONS, atomic_write_json, autocast, default_workers, memory_note, peak_gpu_memory_gb,
@@ -37,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--dataset", default="mvtec", help="a label for the logs (classes come from meta.json)")
     data.add_argument("--image_size", type=int, default=DEFAULTS.image_size, help="input size in pixels")
     model = parser.add_argument_group("model")
-    model.add_argument("--clip_weights", default="openai",
-                       help="OpenAI ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    model.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)
     model.add_argument("--n_ctx", type=int, default=DEFAULTS.n_ctx, help="learnable context tokens per prompt")
     model.add_argument("--n_cls", type=int, default=DEFAULTS.n_cls, help="image-conditioned tokens per prompt")
     model.add_argument("--topk", type=int, default=DEFAULTS.topk, help="patches pooled per layer for the image logit")

@@ -77,7 +77,9 @@ def default_workers() -> int:
 def setup_logger(name: str, save_path: str | os.PathLike | None) -> logging.Logger:
     """Console plus `save_path/log.txt` (appended), one format for both."""
     logger = logging.getLogger(name)
-    logger.handlers.clear()
+    for handler in list(logger.handlers):  # a second main() in one process must not leak open log files
+        handler.close()
+        logger.removeHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
@@ -92,12 +94,19 @@ def setup_logger(name: str, save_path: str | os.PathLike | None) -> logging.Logg
     return logger
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()

@@ -32,6 +32,9 @@ CLIP_VOCAB_SIZE = 49408  # CLIP's BPE vocabulary, fixed by its tokenizer
 _DOWNLOAD_HOSTS = ("huggingface.co", "openaipublic.azureedge.net")
 
 
+CLIP_WEIGHTS_HELP = "OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'"
+
+
 class ClipWeightsError(RuntimeError):
     """The CLIP weights could not be found or read; the message says which flag to fix."""
 

@@ -69,3 +69,28 @@ class ViP2Config:
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(ViP2Config))
 DEFAULTS = ViP2Config()
+
+
+def add_setting_overrides(group) -> None:
+    """Flags of test.py and predict.py that override a checkpoint's settings; None means "the checkpoint's"."""
+    group.add_argument("--image_size", type=int, default=None,
+                       help=f"input size in pixels (default: the checkpoint's, else {DEFAULTS.image_size})")
+    group.add_argument("--n_ctx", type=int, default=None,
+                       help=f"context tokens (default: the checkpoint's, else {DEFAULTS.n_ctx})")
+    group.add_argument("--n_cls", type=int, default=None,
+                       help=f"image-conditioned tokens (default: the checkpoint's, else {DEFAULTS.n_cls})")
+    group.add_argument("--topk", type=int, default=None,
+                       help=f"patches pooled per layer (default: the checkpoint's, else {DEFAULTS.topk})")
+    group.add_argument("--features_list", type=int, nargs="+", default=None,
+                       help="1-based vision layers (default: the checkpoint's, else "
+                            f"{' '.join(map(str, DEFAULTS.features_list))})")
+    group.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
+                       help="indices into --features_list averaged into the anomaly map (default: the checkpoint's, "
+                            "else all)")
+    group.add_argument("--fix_quirks", action="store_true", default=None,
+                       help="for released-format checkpoints trained with the quirks fixed; train.py's files "
+                            "record it")
+
+
+def setting_overrides(args) -> dict:
+    return {name: getattr(args, name, None) for name in SETTING_NAMES}
