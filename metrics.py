@@ -239,73 +239,88 @@ class _ScoreGroups:
     negatives: object  # int64
 
 
-_SIGN_BIT = np.uint64(0x80000000)
-_LOW_31_BITS = np.uint64(0x7FFFFFFF)
+_SIGN_BIT = 0x80000000
+_LOW_31_BITS = 0x7FFFFFFF
+_BLOCK = 1 << 20  # elements per step in block-wise passes: temporaries of a few MB, reused
 
 
 def _float32_order_keys(words: np.ndarray, *, inverse: bool = False) -> None:
-    """In place: float32 bit patterns (held in uint64) -> unsigned keys in the floats' order,
-    or back with `inverse`.
+    """In place: float32 bit patterns (in an unsigned array) -> keys that sort in the floats'
+    order, or back with `inverse`.
 
     Non-negative floats get the sign bit set, so they sort above every negative one;
     negative floats get all 32 bits flipped, so a larger magnitude sorts lower.
     """
-    negative = words >> np.uint64(31)  # a float's sign bit; a key's top bit means non-negative
+    word = words.dtype.type
+    negative = words >> word(31)  # a float's sign bit; a key's top bit means non-negative
     if inverse:
-        negative ^= np.uint64(1)
-    negative *= _LOW_31_BITS
-    negative |= _SIGN_BIT
+        negative ^= word(1)
+    negative *= word(_LOW_31_BITS)
+    negative |= word(_SIGN_BIT)
     words ^= negative
 
 
-def _runs(sorted_values: np.ndarray):
-    """Start index and length of each run of equal neighbours."""
-    change = np.empty(sorted_values.size, dtype=bool)
-    change[0] = True
-    np.not_equal(sorted_values[1:], sorted_values[:-1], out=change[1:])
-    starts = np.flatnonzero(change)
-    del change
-    lengths = np.empty_like(starts)
-    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
-    lengths[-1] = sorted_values.size - starts[-1]
-    return starts, lengths
+def _group_sorted_keys(keys: np.ndarray):
+    """Distinct score keys with their positive and negative counts, from sorted
+    (score key << 1 | label) keys, a block at a time so that no temporary is class-sized."""
+    one = keys.dtype.type(1)
+    n_groups = 1
+    for start in range(0, keys.size - 1, _BLOCK):
+        stop = min(start + _BLOCK, keys.size - 1)
+        n_groups += np.count_nonzero((keys[start:stop] ^ keys[start + 1:stop + 1]) > one)
+    score_keys = np.empty(n_groups, dtype=np.uint32)
+    positives = np.empty(n_groups, dtype=np.int64)
+    negatives = np.empty(n_groups, dtype=np.int64)
+    filled = 0
+    for start in range(0, keys.size, _BLOCK):
+        block = keys[start:start + _BLOCK]
+        new_score = np.empty(block.size, dtype=bool)
+        new_score[0] = start == 0 or (keys[start - 1] ^ keys[start]) > one
+        np.greater(block[1:] ^ block[:-1], one, out=new_score[1:])
+        group_starts = np.flatnonzero(new_score)
+        # Segment 0 continues the previous block's last score (empty when the block starts a new one).
+        bounds = np.concatenate(([0], group_starts, [block.size]))
+        positives_so_far = np.zeros(block.size + 1, dtype=np.int64)
+        np.cumsum(block & one, out=positives_so_far[1:])
+        segment_positives = np.diff(positives_so_far[bounds])
+        segment_negatives = np.diff(bounds) - segment_positives
+        if filled:
+            positives[filled - 1] += segment_positives[0]
+            negatives[filled - 1] += segment_negatives[0]
+        new = group_starts.size
+        positives[filled:filled + new] = segment_positives[1:]
+        negatives[filled:filled + new] = segment_negatives[1:]
+        score_keys[filled:filled + new] = block[group_starts] >> one
+        filled += new
+    return score_keys, positives, negatives
 
 
 def _group_float32_scores(scores32: np.ndarray, labels: np.ndarray):
-    """Group by sorting one uint64 array: an order-preserving key of the score, then the label bit.
+    """Group by sorting one integer array: an order-preserving key of the score, then the label bit.
 
-    Sorting plain integers is several times faster than an argsort followed by a gather,
-    and the arrays are modified in place where possible because fresh pages cost time.
+    Sorting plain integers is several times faster than an argsort followed by a gather.
+    Only the keys are class-sized: on a virtual machine, touching fresh memory costs as
+    much as the arithmetic. Non-negative scores (the usual anomaly map) fit a 31-bit key,
+    so the label bit joins it in uint32: half the memory and a faster sort.
     """
-    keys = scores32.view(np.uint32).astype(np.uint64)
-    highest = keys.max()
-    if highest >= _SIGN_BIT:  # a sign bit is set somewhere (anomaly maps rarely have one)
-        np.copyto(keys, 0, where=keys == _SIGN_BIT)  # -0.0 ties with +0.0
+    bits = scores32.view(np.uint32)
+    highest = bits.max()
     has_negative = highest > _SIGN_BIT
-    if has_negative:  # non-negative floats' bit patterns already sort in the floats' order
-        _float32_order_keys(keys)
-    keys <<= np.uint64(1)
+    if highest < _SIGN_BIT:  # no sign bit anywhere: the bit patterns already sort like the floats
+        keys = bits << np.uint32(1)
+    else:
+        keys = bits.astype(np.uint64)
+        np.copyto(keys, 0, where=keys == _SIGN_BIT)  # -0.0 ties with +0.0
+        if has_negative:
+            _float32_order_keys(keys)
+        keys <<= np.uint64(1)
     keys |= labels
     keys.sort()
-
-    # Runs of equal (score, label) keys; a score has a negative run, a positive run, or both.
-    run_starts, run_lengths = _runs(keys)
-    run_keys = keys[run_starts]
-    del keys, run_starts
-    positives = np.where((run_keys & np.uint64(1)).astype(bool), run_lengths, 0)
-    negatives = run_lengths
-    negatives -= positives
-    run_keys >>= np.uint64(1)
-    second_run = np.flatnonzero(run_keys[1:] == run_keys[:-1]) + 1  # positives after negatives, same score
-    if second_run.size:
-        positives[second_run - 1] += positives[second_run]
-        first_run = np.ones(run_keys.size, dtype=bool)
-        first_run[second_run] = False
-        run_keys, positives, negatives = run_keys[first_run], positives[first_run], negatives[first_run]
-
+    score_keys, positives, negatives = _group_sorted_keys(keys)
+    del keys
     if has_negative:
-        _float32_order_keys(run_keys, inverse=True)
-    return run_keys.astype(np.uint32).view(np.float32), positives, negatives
+        _float32_order_keys(score_keys, inverse=True)
+    return score_keys.view(np.float32), positives, negatives
 
 
 def _group_scores_numpy(scores: np.ndarray, labels: np.ndarray) -> _ScoreGroups:
@@ -425,6 +440,15 @@ def _official_thresholds(lowest, highest):
     return np.arange(lowest, highest, step)
 
 
+def _at_or_below_in(thresholds: np.ndarray, scalar_type) -> np.ndarray:
+    """For each threshold, the largest value of the scores' type that is <= it, so that
+    `score <= threshold` can be decided in the scores' own type (no class-sized cast)."""
+    rounded = thresholds.astype(scalar_type)
+    too_high = rounded.astype(thresholds.dtype) > thresholds
+    rounded[too_high] = np.nextafter(rounded[too_high], scalar_type(-np.inf))
+    return rounded
+
+
 def _auc_like_sklearn(x: np.ndarray, y: np.ndarray) -> float:
     """sklearn.metrics.auc: trapezoids, sign flipped when x decreases (hence the reference's -0.0)."""
     dx = np.diff(x)
@@ -448,12 +472,14 @@ def _official_aupro(groups, positive_scores, positive_regions, n_regions, ops, c
     thresholds = ops.asarray(thresholds_np)
     n_thresholds = len(thresholds_np)
 
-    # False positives at each threshold: negatives scoring strictly above it.
-    at_or_below = ops.searchsorted(ops.cast_like(groups.values, thresholds), thresholds, side="right")
-    negatives_so_far = ops.concat([ops.zeros(1, groups.negatives), groups.negatives.cumsum(0)])
-    n_negative = int(negatives_so_far[-1])
-    false_positives = n_negative - negatives_so_far[at_or_below]
-    del negatives_so_far
+    # False positives at each threshold: negatives scoring strictly above it. Summed slice by
+    # slice between consecutive thresholds, so that no class-sized cumulative array is made.
+    at_or_below = ops.to_numpy(ops.searchsorted(
+        groups.values, ops.asarray(_at_or_below_in(thresholds_np, numpy_scalar)), side="right"))
+    n_negative = int(groups.negatives.sum())
+    negatives_at_or_below = np.cumsum([int(groups.negatives[start:stop].sum())
+                                       for start, stop in zip(np.r_[0, at_or_below[:-1]], at_or_below)])
+    false_positives = n_negative - negatives_at_or_below
 
     # Pixel p is predicted positive at threshold k exactly when k < bin[p].
     bins = ops.searchsorted(thresholds, ops.cast_like(positive_scores, thresholds), side="left")
@@ -464,7 +490,7 @@ def _official_aupro(groups, positive_scores, positive_regions, n_regions, ops, c
     true_positives = ops.to_numpy(at_least_bin[:, 1:])  # [R, K]: region pixels above threshold k
     areas = ops.to_numpy(at_least_bin[:, 0])
 
-    fprs = ops.to_numpy(false_positives) / n_negative
+    fprs = false_positives / n_negative
     # Region fractions laid out [K, R] so that each mean sums contiguously, as the reference's does.
     pros = np.ascontiguousarray((true_positives / areas[:, None]).T).mean(axis=1)
     kept = fprs < PRO_FPR_LIMIT
@@ -598,11 +624,11 @@ def _pixel_metrics(anomaly_maps, gt_masks, wanted_keys, pro_mode, cls_name, back
         maps = anomaly_maps if _is_torch_tensor(anomaly_maps) else torch.from_numpy(np.asarray(anomaly_maps))
         scores = _float_maps(maps).reshape(-1)
         labels = torch.from_numpy(masks.reshape(-1)).to(scores.device)
-        finite = bool(torch.isfinite(scores).all())
+        finite = bool(torch.isfinite(scores.min()) and torch.isfinite(scores.max()))  # NaN propagates
     else:
         scores = _float_maps(_to_numpy(anomaly_maps)).reshape(-1)
         labels = masks.reshape(-1)
-        finite = bool(np.isfinite(scores).all())
+        finite = bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))  # NaN propagates
     if not finite:
         _warn_undefined(cls_name, wanted_keys, "anomaly maps contain NaN or infinite values")
         return result
@@ -892,13 +918,13 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv=None) -> int:
     args = _parse_args(argv)
     warnings.formatwarning = _one_line_warning
+    keys = LEVELS[args.metrics]
     try:
         data = load_maps(args.maps)
     except (OSError, KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) else error
         print(f"metrics.py: error: {message}", file=sys.stderr)
         return 2
-    keys = LEVELS[args.metrics]
     results = evaluate(data["anomaly_maps"], data["gt_masks"], data["image_scores"], data["labels"],
                        data["cls_names"], pro_mode=args.pro_mode, keys=keys, progress=args.progress)
     print(format_table(results, keys))

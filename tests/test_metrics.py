@@ -79,10 +79,11 @@ def test_heavy_ties_match_the_oracle(levels, pro_mode):
 
 
 @pytest.mark.parametrize("pro_mode", metrics.PRO_MODES)
-def test_curves_streamed_in_small_chunks_give_the_same_numbers(monkeypatch, pro_mode):
+def test_sorts_and_curves_streamed_in_small_blocks_give_the_same_numbers(monkeypatch, pro_mode):
     maps, masks, scores, labels = synthetic_class(7, quantise=50)
     whole = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
     monkeypatch.setattr(metrics._NumpyOps, "chunk", 7)
+    monkeypatch.setattr(metrics, "_BLOCK", 5)  # runs of tied scores cross block boundaries
     chunked = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
     assert_matches(chunked, whole, tolerance=1e-12)
 
@@ -134,7 +135,10 @@ def test_scores_that_are_float64_negative_or_signed_zero_match_the_oracle():
     centred.flat[3::7] = np.float32(-0.0)
     assert (centred < 0).any() and (centred > 0).any()
     widened = maps.astype(np.float64) + 1e-12  # not representable in float32
-    for variant in (centred, widened, centred.astype(np.float64)):
+    low = maps < np.quantile(maps, 0.2)
+    signed_zeros = np.where(low, np.float32(-0.0), maps)  # no negative value, but sign bits set
+    signed_zeros[low & (np.indices(maps.shape).sum(axis=0) % 2 == 0)] = np.float32(0.0)
+    for variant in (centred, widened, centred.astype(np.float64), signed_zeros):
         for pro_mode in metrics.PRO_MODES:
             assert_matches(metrics.class_metrics(variant, masks, scores, labels, pro_mode=pro_mode),
                            oracle_class_metrics(variant, masks, scores, labels, pro_mode=pro_mode))
@@ -198,6 +202,21 @@ def test_official_aupro_where_the_reference_has_no_value(case, negatives, reason
     with pytest.warns(metrics.UndefinedMetricWarning, match=reason):
         ours = metrics.class_metrics(maps, masks, None, None, keys=["pixel_aupro"])
     assert math.isnan(ours["pixel_aupro"])
+
+
+def test_threshold_comparisons_in_float32_equal_those_in_float64():
+    rng = np.random.default_rng(2)
+    values = np.sort(rng.random(2000).astype(np.float32))
+    thresholds = np.concatenate([
+        values[::50].astype(np.float64),  # exactly on a value
+        (values[:-1:37].astype(np.float64) + values[1::37]) / 2,  # between two floats
+        np.nextafter(values[::41].astype(np.float64), 2.0),  # just above one
+        np.nextafter(values[::43].astype(np.float64), -1.0),  # just below one
+    ])
+    rounded = metrics._at_or_below_in(thresholds, np.float32)
+    assert rounded.dtype == np.float32
+    expected = (values[:, None].astype(np.float64) <= thresholds).sum(axis=0)
+    assert np.array_equal(np.searchsorted(values, rounded, side="right"), expected)
 
 
 def test_sklearn_auc_semantics_including_negative_zero():
