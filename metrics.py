@@ -122,9 +122,6 @@ class _NumpyOps:
     def concat(self, parts):
         return np.concatenate(parts)
 
-    def zeros(self, length, like):
-        return np.zeros(length, dtype=like.dtype)
-
     def float64(self, values):
         return values.astype(np.float64, copy=False)
 
@@ -177,9 +174,6 @@ class _TorchOps:
 
     def concat(self, parts):
         return self.torch.cat(parts)
-
-    def zeros(self, length, like):
-        return self.torch.zeros(length, dtype=like.dtype, device=like.device)
 
     def float64(self, values):
         return values.to(self.torch.float64)
