@@ -26,15 +26,15 @@ re-scores the maps that `test.py --save_maps` wrote, without re-running the mode
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+from utils import atomic_write_json, nan_to_none
 
 __all__ = [
     "METRIC_KEYS",
@@ -862,24 +862,6 @@ def load_maps(path) -> dict:
     return data
 
 
-def _json_ready(results: dict) -> dict:
-    return {cls: {key: (None if math.isnan(value) else value) for key, value in values.items()}
-            for cls, values in results.items()}
-
-
-def _write_json_atomically(results: dict, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".metrics-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(_json_ready(results), stream, indent=2, allow_nan=False)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="metrics.py",
@@ -923,7 +905,7 @@ def main(argv=None) -> int:
                        data["cls_names"], pro_mode=args.pro_mode, keys=keys, progress=args.progress)
     print(format_table(results, keys))
     if args.json:
-        _write_json_atomically(results, args.json)
+        atomic_write_json(nan_to_none(results), args.json)
     return 0
 
 

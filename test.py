@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import metrics
 from dataset import AnomalyDataset, DatasetError
-from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
+from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
 from models.clip_loader import CLIP_WEIGHTS_HELP
 from models.config import add_setting_overrides, setting_overrides
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--vis_max", type=int, default=8, help="panels per class with --visualize")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    run.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+    run.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="backbone and heads precision; fp32 reproduces the reference")
     run.add_argument("--batch_size", type=int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
     run.add_argument("--num_workers", type=int, default=None, help="data-loading processes (default: CPUs available)")

@@ -22,7 +22,7 @@ from models import DEFAULTS, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
 from models.clip_loader import CLIP_WEIGHTS_HELP
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings, save_checkpoint
 from models.losses import pixel_loss
-from utils import (HelpFormatter, PRECISIONS, atomic_write_json, autocast, default_workers, memory_note, peak_gpu_memory_gb,
+from utils import (HelpFormatter, PRECISIONS, atomic_write_json, autocast, default_workers, memory_note, peak_gpu_memory_gb, precision_dtype,
                    resolve_device,
                    set_seed, setup_logger)
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--print_freq", type=int, default=1, help="log the mean losses every N epochs")
     run.add_argument("--save_freq", type=int, default=1, help="save epoch_{n}.pth every N epochs (the last always)")
     run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    run.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+    run.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="backbone and heads precision; fp32 reproduces the reference")
     run.add_argument("--cache_features", choices=CACHE_MODES, default="auto",
                      help="keep the frozen backbone's features after epoch 1: on the GPU, in host memory, "
@@ -203,7 +203,7 @@ def main(argv=None) -> Path:
     batches = EpochBatches(len(dataset), args.batch_size, generator)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                          pin_memory=device.type == "cuda", persistent_workers=False)
-    feature_dtype = PRECISIONS[args.precision]
+    feature_dtype = precision_dtype(args.precision)
     cache_place = choose_cache(args.cache_features, device,
                                FeatureCache.bytes_per_image(model, feature_dtype) * len(dataset))
     cache = None

@@ -1,4 +1,8 @@
-"""Small shared helpers: seeding, devices, precision, logging, atomic writes, Gaussian smoothing."""
+"""Small shared helpers: seeding, devices, precision, logging, atomic writes, Gaussian smoothing.
+
+torch is imported inside the functions that need it, so that `metrics.py`'s command line,
+which uses the atomic writers, starts without paying for it.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,12 +16,14 @@ import random
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default, as the reference used it
 
 
@@ -31,7 +37,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def precision_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def set_seed(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -40,6 +54,8 @@ def set_seed(seed: int) -> None:
 
 def resolve_device(name: str | None) -> torch.device:
     """`auto` (or None) picks CUDA when available; an unavailable CUDA request is an error, not a silent CPU run."""
+    import torch
+
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -52,13 +68,17 @@ def autocast(precision: str, device: torch.device):
     """Mixed precision for the backbone and heads; fp32 runs without autocast (the parity path)."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=precision_dtype(precision))
 
 
 def peak_gpu_memory_gb(device: torch.device) -> float | None:
     """Peak memory PyTorch allocated on a CUDA device (None elsewhere), for the logs and benchmarks."""
     if device.type != "cuda":
         return None
+    import torch
+
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
@@ -119,6 +139,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -144,6 +166,8 @@ def nan_to_none(value):
 
 
 def _gaussian_kernel(sigma: float, truncate: float, device, dtype) -> torch.Tensor:
+    import torch
+
     radius = int(truncate * float(sigma) + 0.5)
     x = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
     kernel = torch.exp(-0.5 / float(sigma) ** 2 * x * x)
@@ -152,6 +176,8 @@ def _gaussian_kernel(sigma: float, truncate: float, device, dtype) -> torch.Tens
 
 def _reflect_index(size: int, radius: int, device) -> torch.Tensor:
     """Indices of scipy's 'reflect' (half-sample symmetric) padding, also for radius > size."""
+    import torch
+
     index = torch.arange(-radius, size + radius, device=device)
     period = 2 * size
     index = torch.remainder(index, period)
@@ -166,6 +192,9 @@ def gaussian_blur(maps: torch.Tensor, sigma: float, truncate: float = GAUSSIAN_T
     """
     if sigma <= 0:
         return maps
+    import torch
+    import torch.nn.functional as F
+
     dtype = maps.dtype
     x = maps.to(torch.float64)
     kernel = _gaussian_kernel(sigma, truncate, x.device, torch.float64)

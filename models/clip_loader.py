@@ -73,7 +73,6 @@ def resolve_clip_weights(spec: str) -> Path:
         raise ClipWeightsError(
             f"--clip_weights openai: {cached} does not exist and the download hosts cannot be reached "
             f"(offline?). {_hint()}")
-    import open_clip
     from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import io
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
