@@ -134,3 +134,43 @@ def test_released_checkpoint_with_other_shapes_names_both(tiny_clip):
 def test_released_checkpoint_settings_come_from_shapes():
     config = resolve_config(read_checkpoint(FIXTURE / "init.pth"), "init.pth", {"image_size": 126})
     assert (config.n_ctx, config.n_cls, config.image_size, config.topk) == (7, 3, 126, 50)
+
+
+def _clip_cli_env(home):
+    import os
+
+    return dict(os.environ, HOME=str(home), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+
+
+def test_openai_tag_uses_the_clip_cache(tmp_path, clip_pt):
+    """`--clip_weights openai` (the default) finds ~/.cache/clip/ViT-L-14-336px.pt without any network."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import FIXTURE_SETTINGS, ROOT
+
+    cache = tmp_path / ".cache" / "clip"
+    cache.mkdir(parents=True)
+    shutil.copy(clip_pt, cache / "ViT-L-14-336px.pt")
+    result = subprocess.run([sys.executable, str(ROOT / "test.py"), "--data_path", str(FIXTURE / "data"),
+                             "--checkpoint_path", str(FIXTURE / "init.pth"), *FIXTURE_SETTINGS, "--metrics",
+                             "image-level", "--save_path", str(tmp_path / "out"), "--num_workers", "0",
+                             "--device", "cpu"], env=_clip_cli_env(tmp_path), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "results.json").is_file()
+
+
+def test_openai_tag_offline_without_cache_fails_fast_naming_the_flag(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, str(ROOT / "test.py"), "--data_path", str(FIXTURE / "data"),
+                             "--checkpoint_path", str(FIXTURE / "init.pth"), "--image_size", "126",
+                             "--features_list", "1", "2", "3", "4", "--save_path", str(tmp_path / "out")],
+                            env=_clip_cli_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--clip_weights openai" in result.stderr and "cannot be reached" in result.stderr
