@@ -434,3 +434,23 @@ def test_load_maps_names_the_file_and_the_missing_key(tmp_path):
     np.savez(tmp_path / "pickled.npz", **{**data, "cls_names": data["cls_names"].astype(object)})
     with pytest.raises(ValueError, match=r"pickled\.npz.*cls_names"):
         metrics.load_maps(tmp_path / "pickled.npz")
+
+
+def test_torch_path_accepts_inference_mode_tensors():
+    """test.py makes its maps under torch.inference_mode; on a GPU they reach the torch path as they are."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        maps = torch.rand(6, 32, 32, generator=generator)
+        masks = (torch.rand(6, 32, 32, generator=generator) > 0.9).to(torch.uint8)
+        scores = torch.rand(6, generator=generator)
+        labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    names = ["a"] * 3 + ["b"] * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        through_torch = metrics.evaluate(maps, masks, scores, labels, names, backend="torch")
+        through_numpy = metrics.evaluate(maps.numpy(), masks.numpy(), scores.numpy(), labels.numpy(), names)
+    for cls_name, values in through_numpy.items():
+        for key, value in values.items():
+            assert through_torch[cls_name][key] == pytest.approx(value, abs=1e-12, nan_ok=True)
