@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -73,9 +74,13 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def __init__(self, size: int, batch_size: int, generator: torch.Generator):
         self.size, self.batch_size, self.generator = size, batch_size, generator
+        self.batches: list[list[int]] = []
 
-    def draw(self) -> list[list[int]]:
-        return [b.tolist() for b in torch.randperm(self.size, generator=self.generator).split(self.batch_size)]
+    def shuffle(self) -> list[list[int]]:
+        """Draw this epoch's batches; the loader and the cache then both follow them."""
+        order = torch.randperm(self.size, generator=self.generator)
+        self.batches = [b.tolist() for b in order.split(self.batch_size)]
+        return self.batches
 
     def __iter__(self):
         return iter(self.batches)
@@ -88,8 +93,6 @@ def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    import os
-
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -176,12 +179,9 @@ def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     save_path = Path(args.save_path)
     logger = setup_logger("vip2.train", save_path)
-    try:
-        config = ViP2Config(n_ctx=args.n_ctx, n_cls=args.n_cls, topk=args.topk, features_list=args.features_list,
-                            image_size=args.image_size, fix_quirks=args.fix_quirks,
-                            feature_map_layer=args.feature_map_layer)
-    except ValueError as error:
-        raise SystemExit(f"train.py: {error}")
+    config = ViP2Config(n_ctx=args.n_ctx, n_cls=args.n_cls, topk=args.topk, features_list=args.features_list,
+                        image_size=args.image_size, fix_quirks=args.fix_quirks,
+                        feature_map_layer=args.feature_map_layer)
     if args.epoch < 1 or args.batch_size < 1:
         raise SystemExit("train.py: --epoch and --batch_size must be >= 1")
     device = resolve_device(args.device)
@@ -214,27 +214,26 @@ def main(argv=None) -> Path:
 
     history, last_saved, training_start = [], None, time.time()
     for epoch in range(1, args.epoch + 1):
-        batches.batches = batches.draw()
+        epoch_batches = batches.shuffle()
         start, epoch_losses = time.time(), []
         use_cache = cache is not None and bool(cache.filled.all())
-        steps = ((cache.batch(index, device) for index in batches.batches) if use_cache
+        steps = ((cache.batch(index, device) for index in epoch_batches) if use_cache
                  else (load_batch(model, raw, device, args.precision) for raw in loader))
         progress = tqdm(steps, total=len(batches), desc=f"epoch {epoch}/{args.epoch}", leave=False, unit="batch")
         for batch in progress:
+            batch["features"] = cast_features(batch["features"], feature_dtype)
             if cache_place is not None and not use_cache:
                 if cache is None:
                     cache = FeatureCache(len(dataset), batch, cache_place)
                 cache.store(batch["index"], batch)
-            batch["features"] = cast_features(batch["features"], feature_dtype)
             image_loss, mask_loss = train_step(model, optimizer, batch, args.precision, device)
             epoch_losses.append({"epoch": epoch, "image_loss": image_loss, "pixel_loss": mask_loss})
             progress.set_postfix(image=f"{image_loss:.4f}", pixel=f"{mask_loss:.4f}")
         history.extend(epoch_losses)
         atomic_write_json(history, save_path / "losses.json")
         if epoch % args.print_freq == 0 or epoch == args.epoch:
-            mean = lambda key: sum(s[key] for s in epoch_losses) / len(epoch_losses)  # noqa: E731
             logger.info("epoch [%d/%d], loss:%.4f, image_loss:%.4f (%.1f s)", epoch, args.epoch,
-                        mean("pixel_loss"), mean("image_loss"), time.time() - start)
+                        _mean(epoch_losses, "pixel_loss"), _mean(epoch_losses, "image_loss"), time.time() - start)
         if epoch % args.save_freq == 0 or epoch == args.epoch:
             last_saved = save_path / f"epoch_{epoch}.pth"
             save_checkpoint(last_saved, model, epoch)
@@ -248,6 +247,10 @@ def main(argv=None) -> Path:
     logger.info("trained %d epochs in %.1f s (%.1f images/s)%s", args.epoch, seconds, stats["images_per_second"],
                 memory_note(device))
     return last_saved
+
+
+def _mean(steps: list[dict], key: str) -> float:
+    return sum(step[key] for step in steps) / len(steps)
 
 
 def cast_features(features, dtype: torch.dtype):

@@ -56,3 +56,10 @@ def test_init_checkpoint_with_other_settings_fails_clearly(tmp_path, clip_pt):
                         "--n_cls", "2", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "made with n_cls=3, but --n_cls is 2: pass --n_cls 3" in result.stderr
+
+
+def test_impossible_settings_fail_clearly(tmp_path, clip_pt):
+    result = run_script("train.py", "--train_data_path", FIXTURE / "data", "--save_path", tmp_path,
+                        "--clip_weights", clip_pt, *FIXTURE_SETTINGS, "--topk", "500", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--topk 500 exceeds the 81 patches of a 126 px input" in result.stderr
