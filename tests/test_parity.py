@@ -94,3 +94,12 @@ def test_train_then_test_cli_reproduces_trained_outputs(clip_pt, tmp_path, expec
                "--clip_weights", clip_pt, "--save_path", results, "--save_maps", results / "maps.npz",
                "--num_workers", "0", "--device", "cpu")
     _check_cli_outputs(results, "trained", expected, TRAINED_TOLERANCE)
+
+
+def test_test_cli_without_smoothing_reproduces_raw_maps(clip_pt, tmp_path, expected):
+    run_script("test.py", "--data_path", FIXTURE / "data", "--checkpoint_path", FIXTURE / "init.pth",
+               "--clip_weights", clip_pt, *FIXTURE_SETTINGS, "--sigma", "0", "--metrics", "image-level",
+               "--save_path", tmp_path, "--save_maps", tmp_path / "maps.npz", "--num_workers", "0", "--device", "cpu")
+    saved = np.load(tmp_path / "maps.npz")
+    np.testing.assert_allclose(saved["anomaly_maps"], expected["init_raw_maps"], atol=MAP_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(saved["image_scores"], expected["init_scores"], atol=MAP_TOLERANCE, rtol=0)
