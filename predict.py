@@ -39,8 +39,16 @@ from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
 from models.clip_loader import CLIP_WEIGHTS_HELP
 from models.config import add_setting_overrides, setting_overrides
-from utils import (PRECISIONS, atomic_write_bytes, autocast, default_workers, gaussian_blur, resolve_device,
-                   setup_logger)
+from utils import (
+    PRECISIONS,
+    atomic_write_bytes,
+    autocast,
+    configure_precision,
+    default_workers,
+    gaussian_blur,
+    resolve_device,
+    setup_logger,
+)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SCORES_FILE = "scores.csv"
@@ -239,6 +247,7 @@ def main(argv=None) -> int:
     items = [InputImage(path, name) for path, name in zip(paths, output_names(paths))]
     check_no_overwrite(items, out_dir)
     device = resolve_device(args.device)
+    configure_precision(args.precision)
     model = build_model(args, device)
     size = model.config.image_size
     batch_size = args.batch_size or (32 if device.type == "cuda" else 8)

@@ -28,8 +28,22 @@ from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
 from models.clip_loader import CLIP_WEIGHTS_HELP
 from models.config import add_setting_overrides, setting_overrides
-from utils import (HelpFormatter, PRECISIONS, atomic_savez, atomic_write_json, autocast, default_workers, gaussian_blur,
-                   memory_note, nan_to_none, peak_gpu_memory_gb, resolve_device, set_seed, setup_logger)
+from utils import (
+    PRECISIONS,
+    HelpFormatter,
+    atomic_savez,
+    atomic_write_json,
+    autocast,
+    configure_precision,
+    default_workers,
+    gaussian_blur,
+    memory_note,
+    nan_to_none,
+    peak_gpu_memory_gb,
+    resolve_device,
+    set_seed,
+    setup_logger,
+)
 
 RESULTS_FILE = "results.json"
 
@@ -111,6 +125,7 @@ def main(argv=None) -> dict:
     logger = setup_logger("vip2.test", save_path)
     set_seed(args.seed)
     device = resolve_device(args.device)
+    configure_precision(args.precision)
     checkpoint = read_checkpoint(args.checkpoint_path)
     config = resolve_config(checkpoint, args.checkpoint_path, setting_overrides(args))
     dataset = AnomalyDataset(args.data_path, config.image_size, split="test")

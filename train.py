@@ -20,12 +20,23 @@ from tqdm import tqdm
 
 from dataset import AnomalyDataset, DatasetError
 from models import DEFAULTS, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
-from models.clip_loader import CLIP_WEIGHTS_HELP
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings, save_checkpoint
+from models.clip_loader import CLIP_WEIGHTS_HELP
 from models.losses import pixel_loss
-from utils import (HelpFormatter, PRECISIONS, atomic_write_json, autocast, default_workers, memory_note, peak_gpu_memory_gb, precision_dtype,
-                   resolve_device,
-                   set_seed, setup_logger)
+from utils import (
+    PRECISIONS,
+    HelpFormatter,
+    atomic_write_json,
+    autocast,
+    configure_precision,
+    default_workers,
+    memory_note,
+    peak_gpu_memory_gb,
+    precision_dtype,
+    resolve_device,
+    set_seed,
+    setup_logger,
+)
 
 TRAIN_SPLIT = "test"  # the reference trains on the auxiliary dataset's annotated test split
 CACHE_MODES = ("auto", "gpu", "cpu", "off")
@@ -152,16 +163,20 @@ class FeatureCache:
                 "label": self.labels[index_here].to(device, non_blocking=True)}
 
 
-def train_step(model: ViP2CLIP, optimizer, batch: dict, precision: str, device: torch.device):
-    """One optimiser step; returns (image loss, summed pixel loss) as floats."""
+def train_step(model: ViP2CLIP, optimizer, scaler, batch: dict, precision: str, device: torch.device):
+    """One optimiser step; returns (image loss, summed pixel loss) as floats.
+
+    `scaler` (fp16 only) scales the loss so that small fp16 gradients do not flush to zero.
+    """
     with autocast(precision, device):
         alignment = model.align(batch["features"])
         maps = [m.float() for m in model.probability_maps(alignment)]
     image_loss = F.cross_entropy(alignment.logits.float(), batch["label"])
     mask_loss = pixel_loss(maps, batch["mask"].float())
     optimizer.zero_grad(set_to_none=True)
-    (image_loss + mask_loss).backward()
-    optimizer.step()
+    scaler.scale(image_loss + mask_loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return image_loss.item(), mask_loss.item()
 
 
@@ -185,6 +200,7 @@ def main(argv=None) -> Path:
     if args.epoch < 1 or args.batch_size < 1:
         raise SystemExit("train.py: --epoch and --batch_size must be >= 1")
     device = resolve_device(args.device)
+    configure_precision(args.precision)
     dataset = AnomalyDataset(args.train_data_path, config.image_size, split=TRAIN_SPLIT)
     init = check_init_checkpoint(args.init_checkpoint, config) if args.init_checkpoint else None
 
@@ -198,6 +214,7 @@ def main(argv=None) -> Path:
     optimizer = torch.optim.Adam([{"params": parameters["prompt_learner"], "lr": args.learning_rate},
                                   {"params": parameters["fgp"], "lr": args.fgp_learning_rate}])
 
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     workers = default_workers() if args.num_workers is None else args.num_workers
     generator = torch.Generator().manual_seed(args.seed)
     batches = EpochBatches(len(dataset), args.batch_size, generator)
@@ -226,7 +243,7 @@ def main(argv=None) -> Path:
                 if cache is None:
                     cache = FeatureCache(len(dataset), batch, cache_place)
                 cache.store(batch["index"], batch)
-            image_loss, mask_loss = train_step(model, optimizer, batch, args.precision, device)
+            image_loss, mask_loss = train_step(model, optimizer, scaler, batch, args.precision, device)
             epoch_losses.append({"epoch": epoch, "image_loss": image_loss, "pixel_loss": mask_loss})
             progress.set_postfix(image=f"{image_loss:.4f}", pixel=f"{mask_loss:.4f}")
         history.extend(epoch_losses)

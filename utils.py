@@ -73,6 +73,16 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=precision_dtype(precision))
 
 
+def configure_precision(precision: str) -> None:
+    """fp32 means fp32: cuDNN would otherwise run convolutions in TF32 on recent GPUs
+    (PyTorch's default), which moves outputs by about 1e-3 and breaks parity."""
+    import torch
+
+    strict = precision == "fp32"
+    torch.backends.cudnn.allow_tf32 = not strict
+    torch.backends.cuda.matmul.allow_tf32 = not strict
+
+
 def peak_gpu_memory_gb(device: torch.device) -> float | None:
     """Peak memory PyTorch allocated on a CUDA device (None elsewhere), for the logs and benchmarks."""
     if device.type != "cuda":
