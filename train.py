@@ -187,6 +187,10 @@ def check_init_checkpoint(path: str, config: ViP2Config) -> dict:
         if recorded.get(name) is not None and recorded[name] != getattr(config, name):
             raise SystemExit(f"--init_checkpoint {path} was made with {name}={recorded[name]}, "
                              f"but --{name} is {getattr(config, name)}: pass --{name} {recorded[name]}")
+    if recorded.get("fix_quirks") is not None and recorded["fix_quirks"] != config.fix_quirks:
+        fix = "add --fix_quirks" if recorded["fix_quirks"] else "drop --fix_quirks"
+        raise SystemExit(f"--init_checkpoint {path} was made with fix_quirks={recorded['fix_quirks']}, "
+                         f"but this run has fix_quirks={config.fix_quirks}: {fix}")
     return checkpoint
 
 

@@ -3,7 +3,8 @@
 A file is `{"prompt_learner": ICA state dict, "Zero_try": FGP state dict}`; files this
 project writes add `"settings"` (a `ViP2Config` as a dict) and `"epoch"`, so that
 `test.py` can rebuild the model without repeated flags. The authors' files carry no
-settings: `n_ctx` and `n_cls` are read from the tensor shapes, the rest from flags or defaults.
+settings: `n_ctx`, `n_cls` and the prompt quirk are read from the tensors, the rest from
+flags or defaults.
 """
 from __future__ import annotations
 
@@ -41,11 +42,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def recorded_settings(checkpoint: dict) -> dict:
-    """Settings a checkpoint fixes: all of them for this project's files, shapes and quirks for the authors'."""
+    """Settings a checkpoint fixes: all of them for this project's files; for the authors', what the tensors tell.
+
+    The prompt quirk shows in the tensors: with it, the normal and the abnormal prompt
+    embed the same state word, so their middle-token buffers are equal.
+    """
     if "settings" in checkpoint:
         return dict(checkpoint["settings"])
     ica = checkpoint[ICA_KEY]
-    return {"n_ctx": int(ica["ctx_pos"].shape[0]), "n_cls": int(ica["cls_ctx"].shape[0])}
+    return {"n_ctx": int(ica["ctx_pos"].shape[0]), "n_cls": int(ica["cls_ctx"].shape[0]),
+            "fix_quirks": not torch.equal(ica["token_middle_pos"], ica["token_middle_neg"])}
 
 
 def resolve_config(checkpoint: dict, path: str | os.PathLike, overrides: dict) -> ViP2Config:

@@ -87,9 +87,6 @@ def add_setting_overrides(group) -> None:
     group.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
                        help="indices into --features_list averaged into the anomaly map (default: the checkpoint's, "
                             "else all)")
-    group.add_argument("--fix_quirks", action="store_true", default=None,
-                       help="for released-format checkpoints trained with the quirks fixed; train.py's files "
-                            "record it")
 
 
 def setting_overrides(args) -> dict:

@@ -63,3 +63,33 @@ def test_impossible_settings_fail_clearly(tmp_path, clip_pt):
                         "--clip_weights", clip_pt, *FIXTURE_SETTINGS, "--topk", "500", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--topk 500 exceeds the 81 patches of a 126 px input" in result.stderr
+
+
+def test_fix_quirks_is_recorded_and_followed_by_test_py(tmp_path, clip_pt):
+    settings = ["--clip_weights", clip_pt, *FIXTURE_SETTINGS, "--num_workers", "0", "--device", "cpu"]
+    run_script("train.py", "--train_data_path", FIXTURE / "data", "--save_path", tmp_path / "ckpt", "--epoch", "1",
+               "--fix_quirks", *settings)
+    checkpoint = read_checkpoint(tmp_path / "ckpt" / "epoch_1.pth")
+    assert checkpoint["settings"]["fix_quirks"] is True
+    ica = checkpoint["prompt_learner"]
+    assert not torch.equal(ica["token_middle_pos"], ica["token_middle_neg"])  # "good" vs "damaged"
+
+    results = tmp_path / "results"
+    run_script("test.py", "--data_path", FIXTURE / "data", "--checkpoint_path", tmp_path / "ckpt" / "epoch_1.pth",
+               "--save_path", results, "--metrics", "image-level", *settings[:2], "--num_workers", "0",
+               "--device", "cpu")
+    assert json.loads((results / "results.json").read_text())["settings"]["fix_quirks"] is True
+
+
+def test_released_checkpoint_reveals_its_quirk():
+    from models.checkpoint import recorded_settings
+
+    assert recorded_settings(read_checkpoint(FIXTURE / "init.pth"))["fix_quirks"] is False
+
+
+def test_fix_quirks_on_a_quirky_init_checkpoint_is_refused(tmp_path, clip_pt):
+    result = run_script("train.py", "--train_data_path", FIXTURE / "data", "--save_path", tmp_path,
+                        "--init_checkpoint", FIXTURE / "init.pth", "--clip_weights", clip_pt, *FIXTURE_SETTINGS,
+                        "--fix_quirks", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "was made with fix_quirks=False, but this run has fix_quirks=True: drop --fix_quirks" in result.stderr
