@@ -31,11 +31,19 @@ META_FILE = "meta.json"
 SPLITS = ("train", "test")
 ITEM_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("vip2.dataset")  # under the scripts' logger, so warnings reach log.txt too
+# meta.json labels accepted (True/False and 0.0/1.0 compare equal to 1/0, so they match too)
+LABELS = {0: 0, 1: 1, "0": 0, "1": 1, "false": 0, "true": 1, "normal": 0, "anomaly": 1}
 
 
 class DatasetError(ValueError):
     """Input data that cannot be used as it is; the message names the file and what to do."""
+
+    def __init__(self, message: str):
+        # Raised in a DataLoader worker, it comes back wrapped in the worker's traceback: keep the message.
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -83,21 +91,59 @@ def samples_from_meta(meta: dict, split: str, root: Path, meta_name: str = META_
             if missing:
                 raise DatasetError(f"{root / meta_name}: an item of class {cls_name!r} lacks {missing}: {item}")
             samples.append(Sample(item["img_path"], item.get("mask_path") or "", str(item.get("cls_name", cls_name)),
-                                  int(bool(item["anomaly"]))))
+                                  _label(item, root / meta_name)))
     if not samples:
         raise DatasetError(f"{root / meta_name}: the '{split}' split has no images at all")
     return samples
 
 
+def _label(item: dict, meta_path: Path) -> int:
+    value = item["anomaly"]
+    key = value.strip().lower() if isinstance(value, str) else value
+    if not isinstance(key, (str, int, float)) or key not in LABELS:
+        raise DatasetError(f"{meta_path}: item {item.get('img_path')!r} has anomaly={value!r}; "
+                           "use 0 (normal) or 1 (anomalous)")
+    return LABELS[key]
+
+
+def _listing(paths: list[str], root: Path) -> str:
+    listed = "\n  ".join(str(root / p) for p in paths[:10])
+    return listed + (f"\n  … and {len(paths) - 10} more" if len(paths) > 10 else "")
+
+
+def _header_size(path: Path) -> tuple[int, int] | str:
+    """The image's size from its header (cheap: no pixel decoding), or why it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        return str(error)
+
+
 def check_files(samples: list[Sample], root: Path) -> None:
-    """Fail before any model work if meta.json names files that are not there."""
+    """Fail before any model work if meta.json names files that are missing, unreadable, or masks
+    whose size differs from their image's."""
     missing = [s.img_path for s in samples if not (root / s.img_path).is_file()]
     missing += [s.mask_path for s in samples if s.mask_path and not (root / s.mask_path).exists()]
     if missing:
-        listed = "\n  ".join(str(root / m) for m in missing[:10])
-        more = f"\n  … and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise DatasetError(f"{len(missing)} file(s) named in {root / META_FILE} do not exist:\n  {listed}{more}\n"
-                           f"Check the dataset root, or {_regenerate_hint(root)}")
+        raise DatasetError(f"{len(missing)} file(s) named in {root / META_FILE} do not exist:\n  "
+                           f"{_listing(missing, root)}\nCheck the dataset root, or {_regenerate_hint(root)}")
+    problems = []
+    for sample in samples:
+        size = _header_size(root / sample.img_path)
+        if isinstance(size, str):
+            problems.append(f"cannot read image {root / sample.img_path}: {size}")
+        elif sample.mask_path and (root / sample.mask_path).is_file():
+            mask_size = _header_size(root / sample.mask_path)
+            if isinstance(mask_size, str):
+                problems.append(f"cannot read mask {root / sample.mask_path}: {mask_size}")
+            elif mask_size != size:
+                problems.append(f"mask {root / sample.mask_path} is {mask_size[0]}x{mask_size[1]} but its image "
+                                f"{root / sample.img_path} is {size[0]}x{size[1]}")
+    if problems:
+        listed = "\n  ".join(problems[:10]) + (f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise DatasetError(f"{len(problems)} problem(s) with the files named in {root / META_FILE}:\n  {listed}\n"
+                           "Re-download the files, fix the masks, or remove the items from meta.json")
 
 
 def _open(path: Path) -> Image.Image:
@@ -132,16 +178,31 @@ def load_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     return (array - mean) / std, original_size
 
 
+def anomalous_pixels(mask: Image.Image) -> np.ndarray:
+    """Which pixels a mask marks, for any PIL mode (README, 'Input images').
+
+    Single-channel and palette masks: any non-zero value or index. Masks with an alpha
+    channel that is not fully opaque: the non-transparent pixels (a defect painted on a
+    transparent background). Other colour masks: any non-black pixel.
+    """
+    if mask.mode in ("L", "P", "1", "F") or mask.mode.startswith("I"):
+        return np.asarray(mask) > 0
+    if mask.mode == "PA":
+        return np.asarray(mask)[..., 0] > 0
+    if mask.mode in ("LA", "RGBA", "La", "RGBa"):
+        alpha = np.asarray(mask.getchannel("A"))
+        if alpha.min() < 255:
+            return alpha > 0
+    return np.asarray(mask.convert("L")) > 0
+
+
 def load_mask(path: Path, size: int, image_size: tuple[int, int], image_path: Path) -> torch.Tensor:
     """Binary mask `[S, S]` (uint8): any non-zero pixel is anomalous, resized bilinearly, then > 0.5."""
     mask = _open(path)
     if mask.size != image_size:
         raise DatasetError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} is "
                            f"{image_size[0]}x{image_size[1]}: fix the pairing in meta.json or the mask file")
-    if mask.mode in ("L", "P", "1") or mask.mode.startswith("I") or mask.mode == "F":
-        binary = np.asarray(mask) > 0  # palette masks: any non-zero index is anomalous
-    else:
-        binary = np.asarray(mask.convert("L")) > 0
+    binary = anomalous_pixels(mask)
     resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((size, size), Image.BILINEAR)
     return torch.from_numpy((np.asarray(resized, dtype=np.float32) / 255.0 > 0.5).astype(np.uint8))
 
@@ -175,6 +236,9 @@ class AnomalyDataset(torch.utils.data.Dataset):
         image, original_size = load_image(image_path, self.image_size)
         if sample.mask_path and (self.root / sample.mask_path).is_file():
             mask = load_mask(self.root / sample.mask_path, self.image_size, original_size, image_path)
+            if sample.anomaly and not mask.any():
+                log.warning("mask %s of anomalous image %s marks no pixel at %d px: its pixel metrics see "
+                            "only normal pixels", self.root / sample.mask_path, image_path, self.image_size)
         else:  # normal image, image-level dataset, or a mask folder as in the reference: all-zero mask
             mask = torch.zeros(self.image_size, self.image_size, dtype=torch.uint8)
         return {"img": image, "img_mask": mask, "anomaly": sample.anomaly, "cls_name": sample.cls_name,

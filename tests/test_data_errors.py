@@ -54,18 +54,42 @@ def test_missing_meta_json(tmp_path, clip_pt):
     assert_clean_failure(result, "meta.json not found", "python -m generate_dataset_json")
 
 
-def test_corrupt_image_is_named(data, clip_pt, tmp_path):
+def test_corrupt_image_is_named_before_any_model_work(data, clip_pt, tmp_path):
     (data / "01/test/ok/001.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     result = run_test_cli(data, clip_pt, tmp_path)
     assert_clean_failure(result, "cannot read image", "01/test/ok/001.png")
+    assert "evaluating" not in result.stdout
 
 
-def test_mask_of_another_size_is_an_error(data):
+def test_mask_of_another_size_is_an_error_before_any_model_work(data):
     mask = data / "01/ground_truth/ko/000_mask.png"
     Image.open(mask).resize((50, 40)).save(mask)
-    dataset = AnomalyDataset(data, 126)
     with pytest.raises(DatasetError, match=r"000_mask.png is 50x40 but its image .*000.png is 160x160"):
-        dataset[0]
+        AnomalyDataset(data, 126)
+
+
+def test_truncated_image_in_a_loader_worker_gives_one_clean_line(data, clip_pt, tmp_path):
+    """Its header reads fine, so only decoding (in a DataLoader worker) finds the damage."""
+    image = data / "02/test/ok/001.png"
+    image.write_bytes(image.read_bytes()[:2000])
+    result = run_script("test.py", "--data_path", data, "--checkpoint_path", FIXTURE / "init.pth",
+                        "--clip_weights", clip_pt, *FIXTURE_SETTINGS, "--save_path", tmp_path / "out",
+                        "--num_workers", "2", "--batch_size", "2", "--device", "cpu", check=False)
+    assert_clean_failure(result, "cannot read image", "02/test/ok/001.png")
+    assert "Original Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("test.py: cannot read image")
+
+
+@pytest.mark.parametrize("value,label", [(0, 0), (1, 1), (True, 1), ("0", 0), ("1", 1), ("false", 0), (1.0, 1)])
+def test_labels_in_meta_json(data, value, label):
+    edit_meta(data, lambda meta: meta["test"]["01"][0].update({"anomaly": value}))
+    assert AnomalyDataset(data, 126).samples[0].anomaly == label
+
+
+def test_unknown_label_is_an_error(data):
+    edit_meta(data, lambda meta: meta["test"]["01"][0].update({"anomaly": "maybe"}))
+    with pytest.raises(DatasetError, match=r"01/test/ko/000.png' has anomaly='maybe'; use 0 \(normal\) or 1"):
+        AnomalyDataset(data, 126)
 
 
 def test_missing_checkpoint_and_mismatched_checkpoint(data, clip_pt, tmp_path):
@@ -164,5 +188,27 @@ def test_masks_of_any_mode_mark_nonzero_pixels(tmp_path, mode):
     else:
         mask = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").convert(mode)
     mask.save(tmp_path / "m.png")
+    out = load_mask(tmp_path / "m.png", 40, (40, 40), tmp_path / "img.png")
+    np.testing.assert_array_equal(out.numpy().astype(bool), binary)
+
+
+def test_masks_with_transparency_mark_their_opaque_pixels(tmp_path):
+    binary = np.zeros((40, 40), dtype=bool)
+    binary[10:20, 10:20] = True
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[..., :3] = 255  # white, but transparent, background
+    rgba[binary] = (255, 0, 0, 255)  # an opaque red defect
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "m.png")
+    out = load_mask(tmp_path / "m.png", 40, (40, 40), tmp_path / "img.png")
+    np.testing.assert_array_equal(out.numpy().astype(bool), binary)
+
+
+def test_opaque_rgba_masks_mark_their_non_black_pixels(tmp_path):
+    binary = np.zeros((40, 40), dtype=bool)
+    binary[5:25, 30:35] = True
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[binary, :3] = 200
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "m.png")
     out = load_mask(tmp_path / "m.png", 40, (40, 40), tmp_path / "img.png")
     np.testing.assert_array_equal(out.numpy().astype(bool), binary)
