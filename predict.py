@@ -46,6 +46,8 @@ from utils import (
     configure_precision,
     default_workers,
     gaussian_blur,
+    non_negative_int,
+    positive_int,
     resolve_device,
     setup_logger,
 )
@@ -75,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     run.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone and heads precision")
-    run.add_argument("--batch_size", type=int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
-    run.add_argument("--num_workers", type=int, default=None,
+    run.add_argument("--batch_size", type=positive_int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
+    run.add_argument("--num_workers", type=non_negative_int, default=None,
                      help="image-loading processes (default: 0 on CPU, up to 4 with a GPU)")
     return parser
 

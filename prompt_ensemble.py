@@ -15,6 +15,9 @@ from models.config import (ABNORMAL_STATE_WORD, META_NET_HIDDEN, NORMAL_STATE_WO
                            PROMPT_INIT_STD)
 
 
+CONTEXT_LENGTH = 77  # CLIP's text context, fixed by its tokenizer
+
+
 def template(state_word: str, n_ctx: int, n_cls: int) -> str:
     return " ".join([PLACEHOLDER_TOKEN] * n_ctx + [state_word] + [PLACEHOLDER_TOKEN] * n_cls)
 
@@ -41,6 +44,10 @@ class PromptLearner(nn.Module):
                  fix_quirks: bool = False):
         super().__init__()
         width = token_embedding.weight.shape[1]
+        room = CONTEXT_LENGTH - 3  # start, state word, end
+        if n_ctx + n_cls > room:
+            raise ValueError(f"--n_ctx {n_ctx} plus --n_cls {n_cls} exceeds the {room} prompt tokens CLIP's "
+                             f"{CONTEXT_LENGTH}-token context leaves")
         self.n_ctx, self.n_cls = n_ctx, n_cls
         self.ctx_pos = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))
         self.ctx_neg = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))

@@ -39,7 +39,9 @@ from utils import (
     gaussian_blur,
     memory_note,
     nan_to_none,
+    non_negative_int,
     peak_gpu_memory_gb,
+    positive_int,
     resolve_device,
     set_seed,
     setup_logger,
@@ -70,13 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--save_maps", default=None, metavar="FILE.npz",
                             help="also write maps, scores, masks, labels, classes and paths (metrics.py re-scores it)")
     evaluation.add_argument("--visualize", action="store_true", help="write image | map | ground-truth panels per class")
-    evaluation.add_argument("--vis_max", type=int, default=8, help="panels per class with --visualize")
+    evaluation.add_argument("--vis_max", type=non_negative_int, default=8, help="panels per class with --visualize")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     run.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="backbone and heads precision; fp32 reproduces the reference")
-    run.add_argument("--batch_size", type=int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
-    run.add_argument("--num_workers", type=int, default=None, help="data-loading processes (default: CPUs available)")
+    run.add_argument("--batch_size", type=positive_int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
+    run.add_argument("--num_workers", type=non_negative_int, default=None, help="data-loading processes (default: CPUs available)")
     run.add_argument("--seed", type=int, default=111, help="seed (evaluation is deterministic; kept for parity)")
     return parser
 

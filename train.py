@@ -31,7 +31,9 @@ from utils import (
     configure_precision,
     default_workers,
     memory_note,
+    non_negative_int,
     peak_gpu_memory_gb,
+    positive_int,
     precision_dtype,
     resolve_device,
     set_seed,
@@ -48,35 +50,35 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--train_data_path", required=True, help="dataset root holding meta.json (its test split is used)")
     data.add_argument("--save_path", default="./checkpoints", help="folder for epoch_{n}.pth, log.txt and losses.json")
     data.add_argument("--dataset", default="mvtec", help="a label for the logs (classes come from meta.json)")
-    data.add_argument("--image_size", type=int, default=DEFAULTS.image_size, help="input size in pixels")
+    data.add_argument("--image_size", type=positive_int, default=DEFAULTS.image_size, help="input size in pixels")
     model = parser.add_argument_group("model")
     model.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)
-    model.add_argument("--n_ctx", type=int, default=DEFAULTS.n_ctx, help="learnable context tokens per prompt")
-    model.add_argument("--n_cls", type=int, default=DEFAULTS.n_cls, help="image-conditioned tokens per prompt")
-    model.add_argument("--topk", type=int, default=DEFAULTS.topk, help="patches pooled per layer for the image logit")
-    model.add_argument("--features_list", type=int, nargs="+", default=list(DEFAULTS.features_list),
+    model.add_argument("--n_ctx", type=positive_int, default=DEFAULTS.n_ctx, help="learnable context tokens per prompt")
+    model.add_argument("--n_cls", type=positive_int, default=DEFAULTS.n_cls, help="image-conditioned tokens per prompt")
+    model.add_argument("--topk", type=positive_int, default=DEFAULTS.topk, help="patches pooled per layer for the image logit")
+    model.add_argument("--features_list", type=positive_int, nargs="+", default=list(DEFAULTS.features_list),
                        help="1-based vision layers whose patch features are aligned")
-    model.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
+    model.add_argument("--feature_map_layer", type=non_negative_int, nargs="+", default=None,
                        help="indices into --features_list averaged into test-time anomaly maps (default: all; recorded)")
     model.add_argument("--fix_quirks", action="store_true",
                        help="use the paper's evident intent instead of the reference's quirks (README: 'Quirks')")
     model.add_argument("--init_checkpoint", default=None, help="start from these ICA/FGP weights (released format)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epoch", type=int, default=10, help="number of epochs")
+    optim.add_argument("--epoch", type=positive_int, default=10, help="number of epochs")
     optim.add_argument("--learning_rate", type=float, default=1e-3, help="Adam learning rate of the prompt learner")
     optim.add_argument("--fgp_learning_rate", type=float, default=1e-5, help="Adam learning rate of FGP")
-    optim.add_argument("--batch_size", type=int, default=8, help="images per step")
+    optim.add_argument("--batch_size", type=positive_int, default=8, help="images per step")
     optim.add_argument("--seed", type=int, default=111, help="seed for initialisation and shuffling")
     run = parser.add_argument_group("run")
-    run.add_argument("--print_freq", type=int, default=1, help="log the mean losses every N epochs")
-    run.add_argument("--save_freq", type=int, default=1, help="save epoch_{n}.pth every N epochs (the last always)")
+    run.add_argument("--print_freq", type=positive_int, default=1, help="log the mean losses every N epochs")
+    run.add_argument("--save_freq", type=positive_int, default=1, help="save epoch_{n}.pth every N epochs (the last always)")
     run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     run.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="backbone and heads precision; fp32 reproduces the reference")
     run.add_argument("--cache_features", choices=CACHE_MODES, default="auto",
                      help="keep the frozen backbone's features after epoch 1: on the GPU, in host memory, "
                           "or not at all; 'auto' picks the first that fits")
-    run.add_argument("--num_workers", type=int, default=None, help="data-loading processes (default: CPUs available)")
+    run.add_argument("--num_workers", type=non_negative_int, default=None, help="data-loading processes (default: CPUs available)")
     return parser
 
 
@@ -201,8 +203,6 @@ def main(argv=None) -> Path:
     config = ViP2Config(n_ctx=args.n_ctx, n_cls=args.n_cls, topk=args.topk, features_list=args.features_list,
                         image_size=args.image_size, fix_quirks=args.fix_quirks,
                         feature_map_layer=args.feature_map_layer)
-    if args.epoch < 1 or args.batch_size < 1:
-        raise SystemExit("train.py: --epoch and --batch_size must be >= 1")
     device = resolve_device(args.device)
     configure_precision(args.precision)
     dataset = AnomalyDataset(args.train_data_path, config.image_size, split=TRAIN_SPLIT)

@@ -27,6 +27,21 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default, as the reference used it
 
 
+def positive_int(text: str) -> int:
+    """argparse type: counts and sizes that must be at least 1 fail at parse time, not mid-run."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text}")
+    return value
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the module docstring's layout and shows each flag's default where it has a real one."""
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from utils import non_negative_int, positive_int
+
 # Constants of the method (SPEC §3, §4): not exposed as flags because the released
 # checkpoints were trained with them.
 TEMPERATURE = 0.07
@@ -42,6 +44,8 @@ class ViP2Config:
             problems.append(f"--n_ctx must be >= 1 (got {self.n_ctx})")
         if self.n_cls < 1:
             problems.append(f"--n_cls must be >= 1 (got {self.n_cls})")
+        if self.image_size < 1:
+            problems.append(f"--image_size must be >= 1 (got {self.image_size})")
         if self.topk < 1:
             problems.append(f"--topk must be >= 1 (got {self.topk})")
         if not self.features_list:
@@ -73,18 +77,18 @@ DEFAULTS = ViP2Config()
 
 def add_setting_overrides(group) -> None:
     """Flags of test.py and predict.py that override a checkpoint's settings; None means "the checkpoint's"."""
-    group.add_argument("--image_size", type=int, default=None,
+    group.add_argument("--image_size", type=positive_int, default=None,
                        help=f"input size in pixels (default: the checkpoint's, else {DEFAULTS.image_size})")
-    group.add_argument("--n_ctx", type=int, default=None,
+    group.add_argument("--n_ctx", type=positive_int, default=None,
                        help=f"context tokens (default: the checkpoint's, else {DEFAULTS.n_ctx})")
-    group.add_argument("--n_cls", type=int, default=None,
+    group.add_argument("--n_cls", type=positive_int, default=None,
                        help=f"image-conditioned tokens (default: the checkpoint's, else {DEFAULTS.n_cls})")
-    group.add_argument("--topk", type=int, default=None,
+    group.add_argument("--topk", type=positive_int, default=None,
                        help=f"patches pooled per layer (default: the checkpoint's, else {DEFAULTS.topk})")
-    group.add_argument("--features_list", type=int, nargs="+", default=None,
+    group.add_argument("--features_list", type=positive_int, nargs="+", default=None,
                        help="1-based vision layers (default: the checkpoint's, else "
                             f"{' '.join(map(str, DEFAULTS.features_list))})")
-    group.add_argument("--feature_map_layer", type=int, nargs="+", default=None,
+    group.add_argument("--feature_map_layer", type=non_negative_int, nargs="+", default=None,
                        help="indices into --features_list averaged into the anomaly map (default: the checkpoint's, "
                             "else all)")
 

@@ -40,6 +40,9 @@ class ViP2CLIP(nn.Module):
         bad_layers = [layer for layer in config.features_list if not 1 <= layer <= depth]
         if bad_layers:
             raise ValueError(f"--features_list {bad_layers} outside the vision tower's layers 1..{depth}")
+        patch_size = self.backbone.patch_size
+        if config.image_size < patch_size:
+            raise ValueError(f"--image_size {config.image_size} is smaller than one {patch_size} px CLIP patch")
         patches = self.backbone.grid_size(config.image_size) ** 2
         if config.topk > patches:
             raise ValueError(

@@ -174,3 +174,13 @@ def test_openai_tag_offline_without_cache_fails_fast_naming_the_flag(tmp_path):
                             env=_clip_cli_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--clip_weights openai" in result.stderr and "cannot be reached" in result.stderr
+
+
+def test_input_smaller_than_a_patch_is_a_clear_error(tiny_clip):
+    with pytest.raises(ValueError, match="--image_size 10 is smaller than one 14 px CLIP patch"):
+        ViP2CLIP(tiny_clip, ViP2Config(image_size=10, features_list=(1,)))
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(tiny_clip):
+    with pytest.raises(ValueError, match="--n_ctx 70 plus --n_cls 5 exceeds the 74 prompt tokens"):
+        ViP2CLIP(tiny_clip, ViP2Config(n_ctx=70, n_cls=5, image_size=126, features_list=(1,)))

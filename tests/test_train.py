@@ -93,3 +93,10 @@ def test_fix_quirks_on_a_quirky_init_checkpoint_is_refused(tmp_path, clip_pt):
                         "--fix_quirks", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "was made with fix_quirks=False, but this run has fix_quirks=True: drop --fix_quirks" in result.stderr
+
+
+def test_zero_counts_are_refused_when_parsing():
+    """--save_freq 0 used to fail only after a whole epoch had trained."""
+    for flag in ("--save_freq", "--print_freq", "--epoch", "--batch_size"):
+        result = run_script("train.py", "--train_data_path", FIXTURE / "data", flag, "0", check=False)
+        assert result.returncode == 2 and f"argument {flag}: must be a whole number >= 1, got 0" in result.stderr
