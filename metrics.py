@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import warnings
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -828,11 +829,13 @@ def format_table(results: dict, keys=METRIC_KEYS) -> str:
 def load_maps(path) -> dict:
     """Read the .npz that `test.py --save_maps` writes; errors name the file and what is wrong."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file (write one with `test.py --save_maps`)")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not an .npz (zip) archive; write one with `test.py --save_maps`")
     try:
         archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (write one with `test.py --save_maps`)") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path}: not a readable .npz file ({error})") from None
     if not hasattr(archive, "files"):
         raise ValueError(f"{path}: holds a single array, expected an .npz archive with keys {list(MAPS_FILE_KEYS)}")
@@ -847,6 +850,8 @@ def load_maps(path) -> dict:
                 continue
             try:
                 data[key] = archive[key]
+            except (OSError, EOFError, zipfile.BadZipFile) as error:
+                raise ValueError(f"{path}: key {key!r} is damaged ({error}); write the file again") from None
             except ValueError as error:
                 raise ValueError(f"{path}: key {key!r} cannot be read without pickle ({error}); "
                                  "save class names and paths as str arrays") from None
@@ -901,8 +906,12 @@ def main(argv=None) -> int:
         message = error.args[0] if isinstance(error, KeyError) else error
         print(f"metrics.py: error: {message}", file=sys.stderr)
         return 2
-    results = evaluate(data["anomaly_maps"], data["gt_masks"], data["image_scores"], data["labels"],
-                       data["cls_names"], pro_mode=args.pro_mode, keys=keys, progress=args.progress)
+    try:
+        results = evaluate(data["anomaly_maps"], data["gt_masks"], data["image_scores"], data["labels"],
+                           data["cls_names"], pro_mode=args.pro_mode, keys=keys, progress=args.progress)
+    except ValueError as error:  # input the metrics cannot take (e.g. masks not in {0, 1}): say so in one line
+        print(f"metrics.py: error: {args.maps}: {error}", file=sys.stderr)
+        return 2
     print(format_table(results, keys))
     if args.json:
         atomic_write_json(nan_to_none(results), args.json)

@@ -454,3 +454,28 @@ def test_torch_path_accepts_inference_mode_tensors():
     for cls_name, values in through_numpy.items():
         for key, value in values.items():
             assert through_torch[cls_name][key] == pytest.approx(value, abs=1e-12, nan_ok=True)
+
+
+@pytest.mark.parametrize("case", ["masks_0_255", "class_named_mean", "text", "empty", "truncated"])
+def test_cli_reports_bad_files_in_one_line(tmp_path, case):
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 16, 16), dtype=np.uint8)
+    masks[1, 3:6, 3:6] = 1
+    arrays = dict(anomaly_maps=rng.random((4, 16, 16), dtype=np.float32), image_scores=rng.random(4),
+                  gt_masks=masks, labels=np.array([0, 1, 0, 1]), cls_names=np.array(["a"] * 4),
+                  img_paths=np.array(["x"] * 4))
+    path = tmp_path / "maps.npz"
+    if case == "masks_0_255":
+        arrays["gt_masks"] = masks * 255
+    if case == "class_named_mean":
+        arrays["cls_names"] = np.array(["mean"] * 4)
+    np.savez(path, **arrays)
+    if case == "text":
+        path.write_text("hello")
+    if case == "empty":
+        path.write_bytes(b"")
+    if case == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    result = subprocess.run([sys.executable, str(ROOT / "metrics.py"), str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"metrics.py: error: {path}") and "Traceback" not in result.stderr
