@@ -114,31 +114,31 @@ def find_images(arguments: list[str], out_dir: Path) -> tuple[list[Path], list[s
     found: dict[Path, Path] = {}
     unmatched = []
 
-    def add(path: Path, explicit: bool) -> None:
+    def add(path: Path, explicit: bool) -> bool:
+        """Whether `path` is an image to process (already found through another argument or not)."""
         if path.is_file() and (explicit or _is_image(path)):
             found.setdefault(path.resolve(), path)
+            return True
+        return False
 
-    def add_folder(folder: Path) -> None:
+    def add_folder(folder: Path) -> bool:
         skip_out = out_dir != folder.resolve() and _inside(out_dir, folder.resolve())
-        for path in sorted(folder.rglob("*")):
-            if not (skip_out and _inside(path, out_dir)):
-                add(path, explicit=False)
+        added = [add(path, explicit=False) for path in sorted(folder.rglob("*"))
+                 if not (skip_out and _inside(path, out_dir))]
+        return any(added)
 
     for argument in arguments:
         path = Path(argument)
-        before = len(found)
+        matched = False
         if path.is_dir():
-            add_folder(path)
+            matched = add_folder(path)
         elif path.is_file():
-            add(path, explicit=True)
+            matched = add(path, explicit=True)
         elif GLOB_CHARACTERS & set(argument):
             for match in sorted(glob.glob(argument, recursive=True)):
                 match = Path(match)
-                if match.is_dir():
-                    add_folder(match)
-                else:
-                    add(match, explicit=False)
-        if len(found) == before and not path.is_file():
+                matched |= add_folder(match) if match.is_dir() else add(match, explicit=False)
+        if not matched:
             unmatched.append(argument)
     return list(found.values()), unmatched
 

@@ -138,3 +138,16 @@ def test_find_images_skips_its_own_output_folder(image_folder):
     paths, unmatched = predict.find_images([str(root), str(root / "nothing*")], out_dir)
     assert sorted(paths) == sorted(image_folder["images"] + [image_folder["corrupt"]])
     assert unmatched == [str(root / "nothing*")]
+
+
+def test_a_glob_overlapping_a_folder_is_not_reported_as_matching_nothing(tmp_path):
+    from predict import find_images
+
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.jpg"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    paths, unmatched = find_images([str(folder), str(folder / "**" / "*.jpg"), str(tmp_path / "none*.png")],
+                                   tmp_path / "out")
+    assert sorted(p.name for p in paths) == ["a.png", "b.jpg"]
+    assert unmatched == [str(tmp_path / "none*.png")]
