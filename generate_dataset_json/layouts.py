@@ -114,6 +114,10 @@ def walk_label_folders(base: Path, cls: str, split: str, spec: DatasetSpec, spli
             problems.warn(f"ignored folder {relative(folder, splits.root)}/: not a label folder of {spec.title} here")
             continue
         images = list_images(folder)
+        for nested in subdirs(folder):
+            if list_images(nested, recursive=True):
+                problems.warn(f"ignored images in {relative(nested, splits.root)}/: label folders are read one "
+                              "level deep; move them up if they belong to the dataset")
         if not anomalous or mask_root is None:
             for image in images:
                 splits.add(split, image, None, cls, folder.name, anomalous)
@@ -311,9 +315,10 @@ def walk_folder(root: Path, spec: DatasetSpec, problems: Problems, splits: Split
     `ground_truth/{defect}/` (`{stem}.png` or `{stem}_mask.png`). Without a mask folder
     the class is image-level."""
     def has_layout(folder: Path) -> bool:
-        return child_dir(folder, "images") is not None or child_dir(folder, "good") is not None
+        return child_dir(folder, "images") is not None or any(
+            child_dir(folder, name) is not None for name in spec.normal_dirs)
 
-    for class_dir in find_class_dirs(root, spec, problems, has_layout, "images/ or good/ folders"):
+    for class_dir in find_class_dirs(root, spec, problems, has_layout, "images/ or good/ (ok/, normal/, no/) folders"):
         cls = class_name_of(spec, class_dir)
         splits.add_class(cls, class_dir)
         if child_dir(class_dir, "images") is not None:

@@ -95,8 +95,8 @@ _SPECS = (
                 class_name="colon", mask_suffixes=("",), mask_dir="masks"),
     DatasetSpec("folder", "a generic folder dataset", layouts.walk_folder,
                 "per class (the root or each sub-folder): images/ with masks/ (every image anomalous), "
-                "or good/ plus defect folders with optional masks/{defect}/{stem}.png",
-                "", mask_suffixes=("_mask", "")),
+                "or good/ (also ok/, normal/, no/) plus defect folders with optional masks/{defect}/{stem}.png",
+                "", mask_suffixes=("_mask", ""), normal_dirs=("good", "ok", "normal", "no")),
 )
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in _SPECS}

@@ -455,6 +455,24 @@ def test_folder_good_and_defect_folders_with_and_without_masks(tmp_path):
     assert items["nuts/cracked/5.png"]["mask_path"] == ""
 
 
+def test_folder_accepts_the_usual_normal_folder_names(tmp_path):
+    image(tmp_path, "parts/ok/0.png")
+    image(tmp_path, "parts/scratch/1.png")
+    image(tmp_path, "gears/normal/0.png")
+    image(tmp_path, "gears/dent/1.png")
+    meta = build_meta("folder", tmp_path)
+    assert counts(meta) == {"gears": (1, 1), "parts": (1, 1)}
+    assert by_path(meta)["parts/ok/0.png"]["anomaly"] == 0
+
+
+def test_images_nested_inside_a_label_folder_are_reported(tmp_path):
+    root = make_mvtec(tmp_path)
+    image(root, "bottle/test/broken_large/nested/004.png")
+    warnings_seen = []
+    build_meta("mvtec", root, warn=warnings_seen.append)
+    assert any("bottle/test/broken_large/nested/" in w and "one level deep" in w for w in warnings_seen)
+
+
 # --------------------------------------------------------------------------- output
 
 def test_output_is_deterministic_and_sorted(tmp_path):
