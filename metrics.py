@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils import atomic_write_json, nan_to_none
+from utils import atomic_write_json, nan_to_none, one_line_warning
 
 __all__ = [
     "METRIC_KEYS",
@@ -892,13 +892,9 @@ def _parse_args(argv):
     return parser.parse_args(argv)
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"metrics.py: warning: {message}\n"
-
-
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+    warnings.formatwarning = one_line_warning
     keys = LEVELS[args.metrics]
     try:
         data = load_maps(args.maps)

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--data_path", help="dataset root holding meta.json (its test split is evaluated)")
     data.add_argument("--save_path", default="./results", help="folder for log.txt, results.json and figures")
-    data.add_argument("--dataset", default="", help="a label for logs and result tables (classes come from meta.json)")
+    data.add_argument("--dataset", default=None,
+                      help="a label for logs and result tables (default: the data folder's name; classes come "
+                           "from meta.json)")
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint_path", help="ICA/FGP weights: train.py's epoch_{n}.pth or a released file")
     model.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)

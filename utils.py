@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -119,24 +120,41 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+class _LineFormatter(logging.Formatter):
+    """Captured warnings end in a newline of their own; drop it so the log has no blank lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).rstrip("\n")
+
+
+PROJECT_LOGGER = "vip2"  # parent of every module's logger (vip2.train, vip2.dataset, ...)
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """`warnings.formatwarning` without the source line: users read the message, not our code."""
+    return f"warning: {message}\n"
+
+
 def setup_logger(name: str, save_path: str | os.PathLike | None) -> logging.Logger:
-    """Console plus `save_path/log.txt` (appended), one format for both."""
-    logger = logging.getLogger(name)
-    for handler in list(logger.handlers):  # a second main() in one process must not leak open log files
-        handler.close()
-        logger.removeHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    formatter = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(formatter)
-    logger.addHandler(console)
+    """Console plus `save_path/log.txt` (appended), one format for both, for every project logger and for
+    Python warnings (e.g. an undefined metric), so that what the console shows, the log keeps."""
+    formatter = _LineFormatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stdout)]
     if save_path is not None:
         Path(save_path).mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(Path(save_path) / "log.txt")
-        file_handler.setFormatter(formatter)
-        logger.addHandler(file_handler)
-    return logger
+        handlers.append(logging.FileHandler(Path(save_path) / "log.txt"))
+    warnings.formatwarning = one_line_warning
+    logging.captureWarnings(True)
+    for target in (logging.getLogger(PROJECT_LOGGER), logging.getLogger("py.warnings")):
+        for handler in list(target.handlers):  # a second main() in one process must not leak open log files
+            handler.close()
+            target.removeHandler(handler)
+        for handler in handlers:
+            handler.setFormatter(formatter)
+            target.addHandler(handler)
+        target.setLevel(logging.INFO)
+        target.propagate = False
+    return logging.getLogger(name)
 
 
 def _umask() -> int:

@@ -105,7 +105,10 @@ def test_missing_clip_weights_fail_fast_naming_the_flag(data, tmp_path):
     assert_clean_failure(result, "--clip_weights", "no such file")
 
 
-def test_empty_class_is_skipped_with_a_warning(data, caplog):
+def test_empty_class_is_skipped_with_a_warning(data, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("vip2"), "propagate", True)  # scripts run in-process may have closed it
     edit_meta(data, lambda meta: meta["test"].update({"04": []}))
     dataset = AnomalyDataset(data, 126)
     assert dataset.class_names == ["01", "02", "03"]
@@ -212,3 +215,15 @@ def test_opaque_rgba_masks_mark_their_non_black_pixels(tmp_path):
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "m.png")
     out = load_mask(tmp_path / "m.png", 40, (40, 40), tmp_path / "img.png")
     np.testing.assert_array_equal(out.numpy().astype(bool), binary)
+
+
+def test_warnings_reach_log_txt_in_one_line(data, clip_pt, tmp_path):
+    """An undefined metric (class 03 without anomalies) and a skipped empty class, in the console and log.txt."""
+    edit_meta(data, lambda meta: meta["test"].update({"03": [meta["test"]["03"][1]], "04": []}))
+    result = run_test_cli(data, clip_pt, tmp_path)
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "class '04' of the test split" in log
+    undefined = [line for line in log.splitlines() if "warning:" in line and "'03'" in line]
+    assert undefined and all("warnings.warn" not in line for line in log.splitlines())
+    assert "\n\n" not in log
