@@ -195,35 +195,16 @@ def test_masks_of_any_mode_mark_nonzero_pixels(tmp_path, mode):
     np.testing.assert_array_equal(out.numpy().astype(bool), binary)
 
 
-def test_masks_with_transparency_mark_their_opaque_pixels(tmp_path):
+@pytest.mark.parametrize("background,defect", [
+    ((255, 255, 255, 0), (255, 0, 0, 255)),  # a defect painted on a transparent (white) background
+    ((0, 0, 0, 255), (200, 200, 200, 255)),  # fully opaque: the non-black pixels
+])
+def test_rgba_masks(tmp_path, background, defect):
     binary = np.zeros((40, 40), dtype=bool)
-    binary[10:20, 10:20] = True
-    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
-    rgba[..., :3] = 255  # white, but transparent, background
-    rgba[binary] = (255, 0, 0, 255)  # an opaque red defect
+    binary[10:20, 5:35] = True
+    rgba = np.empty((40, 40, 4), dtype=np.uint8)
+    rgba[:] = background
+    rgba[binary] = defect
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "m.png")
     out = load_mask(tmp_path / "m.png", 40, (40, 40), tmp_path / "img.png")
     np.testing.assert_array_equal(out.numpy().astype(bool), binary)
-
-
-def test_opaque_rgba_masks_mark_their_non_black_pixels(tmp_path):
-    binary = np.zeros((40, 40), dtype=bool)
-    binary[5:25, 30:35] = True
-    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
-    rgba[..., 3] = 255
-    rgba[binary, :3] = 200
-    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "m.png")
-    out = load_mask(tmp_path / "m.png", 40, (40, 40), tmp_path / "img.png")
-    np.testing.assert_array_equal(out.numpy().astype(bool), binary)
-
-
-def test_warnings_reach_log_txt_in_one_line(data, clip_pt, tmp_path):
-    """An undefined metric (class 03 without anomalies) and a skipped empty class, in the console and log.txt."""
-    edit_meta(data, lambda meta: meta["test"].update({"03": [meta["test"]["03"][1]], "04": []}))
-    result = run_test_cli(data, clip_pt, tmp_path)
-    assert result.returncode == 0, result.stderr
-    log = (tmp_path / "out" / "log.txt").read_text()
-    assert "class '04' of the test split" in log
-    undefined = [line for line in log.splitlines() if "warning:" in line and "'03'" in line]
-    assert undefined and all("warnings.warn" not in line for line in log.splitlines())
-    assert "\n\n" not in log
