@@ -46,6 +46,7 @@ from utils import (
     configure_precision,
     default_workers,
     gaussian_blur,
+    non_negative_float,
     non_negative_int,
     positive_int,
     resolve_device,
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save_raw", action="store_true", help="also write each map as NAME.npy (float32 [S, S])")
     parser.add_argument("--color_scale", choices=("fixed", "image"), default="fixed",
                         help="overlay colours: fixed [0, 1] (comparable across images), or each map's own min-max")
-    parser.add_argument("--sigma", type=float, default=SMOOTHING_SIGMA,
+    parser.add_argument("--sigma", type=non_negative_float, default=SMOOTHING_SIGMA,
                         help="sigma of the Gaussian smoothing of the maps, in pixels (0: none), as in test.py")
     model = parser.add_argument_group("model (settings a train.py checkpoint records are read from it)")
     model.add_argument("--checkpoint_path", required=True, help="ICA/FGP weights: train.py's epoch_{n}.pth or a released file")

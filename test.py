@@ -39,6 +39,7 @@ from utils import (
     gaussian_blur,
     memory_note,
     nan_to_none,
+    non_negative_float,
     non_negative_int,
     peak_gpu_memory_gb,
     positive_int,
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="which metrics to compute")
     evaluation.add_argument("--pro_mode", choices=metrics.PRO_MODES, default="official",
                             help="AUPRO: the paper's 200-threshold protocol, or the exact MVTec AD definition")
-    evaluation.add_argument("--sigma", type=float, default=SMOOTHING_SIGMA,
+    evaluation.add_argument("--sigma", type=non_negative_float, default=SMOOTHING_SIGMA,
                             help="sigma of the Gaussian smoothing of the maps, in pixels (0: none)")
     evaluation.add_argument("--save_maps", default=None, metavar="FILE.npz",
                             help="also write maps, scores, masks, labels, classes and paths (metrics.py re-scores it)")

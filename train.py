@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="backbone and heads precision; fp32 reproduces the reference")
     run.add_argument("--cache_features", choices=CACHE_MODES, default="auto",
                      help="keep the frozen backbone's features after epoch 1: on the GPU, in host memory, "
-                          "or not at all; 'auto' picks the first that fits")
+                          "or not at all; 'auto' picks the first with room (within this process's memory "
+                          "limits), and none for a single epoch")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run's checkpoints and logs in --save_path (refused otherwise)")
     run.add_argument("--num_workers", type=non_negative_int, default=None, help="data-loading processes (default: CPUs available)")
     return parser
 
@@ -102,16 +105,44 @@ class EpochBatches(torch.utils.data.Sampler):
         return -(-self.size // self.batch_size)
 
 
+def _first_int(path: str) -> int | None:
+    """The first number in a /proc or /sys file (None if absent, or not a number such as cgroup's 'max')."""
+    try:
+        with open(path) as file:
+            return int(file.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _host_bytes_available() -> int:
+    """Free host memory, capped by this process's limits (address space, a container's cgroup)."""
+    import resource
+
+    candidates = [os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")]
+    soft_limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft_limit != resource.RLIM_INFINITY:
+        used = (_first_int("/proc/self/statm") or 0) * os.sysconf("SC_PAGE_SIZE")
+        candidates.append(soft_limit - used)
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit, usage = _first_int(limit_file), _first_int(usage_file)
+        if limit is not None and usage is not None:
+            candidates.append(limit - usage)
+    return max(0, min(candidates))
+
+
 def _free_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return _host_bytes_available()
 
 
-def choose_cache(mode: str, device: torch.device, bytes_needed: int) -> torch.device | None:
-    """Where the feature cache lives: the requested place, or for 'auto' the first with room to spare."""
-    if mode == "off":
+def choose_cache(mode: str, device: torch.device, bytes_needed: int, epochs: int) -> torch.device | None:
+    """Where the feature cache lives: the requested place, or for 'auto' the first with room to spare
+    (none for a single epoch, which would never read it)."""
+    if mode == "off" or (mode == "auto" and epochs == 1):
         return None
     if mode == "gpu":
         if device.type != "cuda":
@@ -182,6 +213,22 @@ def train_step(model: ViP2CLIP, optimizer, scaler, batch: dict, precision: str, 
     return image_loss.item(), mask_loss.item()
 
 
+RUN_FILES = ("log.txt", "losses.json", "train_stats.json")
+
+
+def clear_earlier_run(save_path: Path, overwrite: bool) -> None:
+    """Never mix two runs in one folder: refuse, or with --overwrite remove the earlier run's files."""
+    earlier = sorted(save_path.glob("epoch_*.pth")) + [save_path / f for f in RUN_FILES if (save_path / f).exists()]
+    if not earlier:
+        return
+    if not overwrite:
+        names = ", ".join(p.name for p in earlier[:6]) + (" …" if len(earlier) > 6 else "")
+        raise SystemExit(f"train.py: {save_path} already holds an earlier run ({names}); choose another "
+                         "--save_path, or pass --overwrite to replace it")
+    for path in earlier:
+        path.unlink()
+
+
 def check_init_checkpoint(path: str, config: ViP2Config) -> dict:
     checkpoint = read_checkpoint(path)
     recorded = recorded_settings(checkpoint)
@@ -199,6 +246,7 @@ def check_init_checkpoint(path: str, config: ViP2Config) -> dict:
 def main(argv=None) -> Path:
     args = build_parser().parse_args(argv)
     save_path = Path(args.save_path)
+    clear_earlier_run(save_path, args.overwrite)
     logger = setup_logger("vip2.train", save_path)
     config = ViP2Config(n_ctx=args.n_ctx, n_cls=args.n_cls, topk=args.topk, features_list=args.features_list,
                         image_size=args.image_size, fix_quirks=args.fix_quirks,
@@ -226,7 +274,7 @@ def main(argv=None) -> Path:
                                          pin_memory=device.type == "cuda", persistent_workers=False)
     feature_dtype = precision_dtype(args.precision)
     cache_place = choose_cache(args.cache_features, device,
-                               FeatureCache.bytes_per_image(model, feature_dtype) * len(dataset))
+                               FeatureCache.bytes_per_image(model, feature_dtype) * len(dataset), args.epoch)
     cache = None
     logger.info("training on %s (%s, %d images, %d classes) on %s, precision %s, feature cache: %s",
                 args.train_data_path, args.dataset, len(dataset), len(dataset.class_names), device,
@@ -244,9 +292,14 @@ def main(argv=None) -> Path:
         for batch in progress:
             batch["features"] = cast_features(batch["features"], feature_dtype)
             if cache_place is not None and not use_cache:
-                if cache is None:
-                    cache = FeatureCache(len(dataset), batch, cache_place)
-                cache.store(batch["index"], batch)
+                try:
+                    if cache is None:
+                        cache = FeatureCache(len(dataset), batch, cache_place)
+                    cache.store(batch["index"], batch)
+                except RuntimeError as error:  # out of memory: train on, recomputing the features
+                    logger.warning("feature cache on %s failed (%s); continuing without it", cache_place,
+                                   str(error).splitlines()[0])
+                    cache = cache_place = None
             image_loss, mask_loss = train_step(model, optimizer, scaler, batch, args.precision, device)
             epoch_losses.append({"epoch": epoch, "image_loss": image_loss, "pixel_loss": mask_loss})
             progress.set_postfix(image=f"{image_loss:.4f}", pixel=f"{mask_loss:.4f}")

@@ -107,3 +107,16 @@ def test_labels_match_the_registry():
 def test_no_results_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no results.json"):
         summarize.main([str(tmp_path)])
+
+
+def test_download_folder_names_match_the_paper_and_unknown_labels_are_reported(tmp_path, capsys):
+    import summarize
+
+    assert summarize.paper_key("BTech_Dataset_transformed") == "btad"
+    assert summarize.paper_key("brain_tumor_dataset") == "brainmri"
+    messages = []
+    folder = tmp_path / "my_parts"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"dataset": "my_parts", "metrics": {"mean": {"image_auroc": 0.5}}}))
+    summarize.gather(tmp_path, warn=messages.append)
+    assert any("'my_parts' is not one of the paper's datasets" in m for m in messages)

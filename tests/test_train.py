@@ -100,3 +100,22 @@ def test_zero_counts_are_refused_when_parsing():
     for flag in ("--save_freq", "--print_freq", "--epoch", "--batch_size"):
         result = run_script("train.py", "--train_data_path", FIXTURE / "data", flag, "0", check=False)
         assert result.returncode == 2 and f"argument {flag}: must be a whole number >= 1, got 0" in result.stderr
+
+
+def test_a_folder_with_an_earlier_run_is_refused_unless_overwrite(tmp_path, clip_pt):
+    common = ["--train_data_path", FIXTURE / "data", "--save_path", tmp_path, "--clip_weights", clip_pt,
+              *FIXTURE_SETTINGS, "--num_workers", "0", "--device", "cpu"]
+    run_script("train.py", *common, "--epoch", "2")
+    refused = run_script("train.py", *common, "--epoch", "1", check=False)
+    assert refused.returncode != 0 and "already holds an earlier run (epoch_1.pth, epoch_2.pth" in refused.stderr
+    run_script("train.py", *common, "--epoch", "1", "--overwrite")
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pth")) == ["epoch_1.pth"]
+    assert (tmp_path / "log.txt").read_text().count("training on") == 1
+
+
+def test_auto_cache_is_skipped_for_a_single_epoch():
+    device = torch.device("cpu")
+    assert train.choose_cache("auto", device, bytes_needed=1, epochs=1) is None
+    assert train.choose_cache("auto", device, bytes_needed=1, epochs=2) == device
+    assert train.choose_cache("cpu", device, bytes_needed=1, epochs=1) == device
+    assert train.choose_cache("auto", device, bytes_needed=2**62, epochs=5) is None
