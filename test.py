@@ -86,6 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def loader_chunk(batch_size: int, workers: int) -> int:
+    """Images per data-loading task: the largest divisor of the batch that lets every worker
+    help fill it. One worker decoding a whole batch of large PNGs would leave the GPU idle
+    for the first batch's full decoding time."""
+    if workers <= 1:
+        return batch_size
+    share = -(-batch_size // workers)
+    return max(d for d in range(1, share + 1) if batch_size % d == 0)
+
+
+def device_batches(loader, batch_size: int, device: torch.device):
+    """Join the loader's chunks, in order, into batches of `batch_size` (the last may be smaller) on `device`."""
+    pending, count = [], 0
+    for chunk in loader:
+        pending.append({key: chunk[key].to(device, non_blocking=True) for key in ("img", "img_mask", "anomaly")})
+        count += len(chunk["img"])
+        if count == batch_size:
+            yield {key: torch.cat([part[key] for part in pending]) for key in pending[0]}
+            pending, count = [], 0
+    if pending:
+        yield {key: torch.cat([part[key] for part in pending]) for key in pending[0]}
+
+
 @torch.inference_mode()
 def predict(model: ViP2CLIP, dataset: AnomalyDataset, device: torch.device, *, batch_size: int, workers: int,
             precision: str, sigma: float) -> dict:
@@ -95,19 +118,20 @@ def predict(model: ViP2CLIP, dataset: AnomalyDataset, device: torch.device, *, b
     masks = torch.empty((count, size, size), dtype=torch.uint8, device=device)
     scores = torch.empty(count, dtype=torch.float32, device=device)
     labels = torch.empty(count, dtype=torch.long, device=device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=loader_chunk(batch_size, workers), shuffle=False,
+                                         num_workers=workers, pin_memory=device.type == "cuda")
     start = 0
-    for batch in tqdm(loader, desc="inference", unit="batch", leave=False):
-        images = batch["img"].to(device, non_blocking=True)
-        stop = start + images.shape[0]
-        with autocast(precision, device):
-            raw_maps, raw_scores = model(images)
-        maps[start:stop] = gaussian_blur(raw_maps.float(), sigma)
-        scores[start:stop] = raw_scores.float()
-        masks[start:stop] = batch["img_mask"].to(device, non_blocking=True)
-        labels[start:stop] = batch["anomaly"].to(device, non_blocking=True)
-        start = stop
+    with tqdm(total=count, desc="inference", unit="img", leave=False) as progress:
+        for batch in device_batches(loader, batch_size, device):
+            stop = start + batch["img"].shape[0]
+            with autocast(precision, device):
+                raw_maps, raw_scores = model(batch["img"])
+            maps[start:stop] = gaussian_blur(raw_maps.float(), sigma)
+            scores[start:stop] = raw_scores.float()
+            masks[start:stop] = batch["img_mask"]
+            labels[start:stop] = batch["anomaly"]
+            progress.update(stop - start)
+            start = stop
     return {"anomaly_maps": maps, "image_scores": scores, "gt_masks": masks, "labels": labels}
 
 

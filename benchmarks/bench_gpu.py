@@ -3,16 +3,23 @@
 Builds a synthetic MVTec-layout dataset of PNGs at a realistic size (default 1024 px, three
 classes) and a randomly initialised ViT-L/14@336, then runs the real command lines per
 precision and reports images/s, wall time and peak GPU memory, plus how far bf16/fp16
-maps and scores move from fp32.
+maps and scores move from fp32. A first row times data loading alone (test.py's loader,
+no model), which bounds what the GPU can be fed.
 
     python benchmarks/bench_gpu.py                      # 192 test images, 1725 training images
     python benchmarks/bench_gpu.py --train_images 200   # a quicker look
+    python benchmarks/bench_gpu.py --skip_train --output bench.json
+
+"seconds" is what the script itself times (from its first image to its last metric or
+epoch, model loading excluded); "wall" is the whole process, Python start and CLIP
+loading included. With --workdir, data and weights made by an earlier run are reused.
 
 Without a CUDA device it says so and exits (use --allow_cpu --arch tiny to check the plumbing).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -42,23 +49,54 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arch", default="ViT-L-14-336", help="open_clip architecture, or 'tiny'")
     parser.add_argument("--image_size", type=int, default=518, help="model input size")
     parser.add_argument("--batch_size", type=int, default=None, help="test.py batch size (default: its own)")
-    parser.add_argument("--skip_train", action="store_true", help="only benchmark test.py")
+    parser.add_argument("--skip_train", action="store_true", help="do not benchmark train.py")
+    parser.add_argument("--skip_test", action="store_true", help="do not benchmark test.py")
+    parser.add_argument("--num_workers", type=int, default=None, help="data-loading processes (default: the scripts' own)")
+    parser.add_argument("--output", default=None, help="also write the rows and drifts to this JSON file")
     parser.add_argument("--allow_cpu", action="store_true", help="run without CUDA (plumbing check only)")
     parser.add_argument("--workdir", default=None, help="keep the generated data here instead of a temp folder")
     return parser
 
 
 def make_data(root: Path, images: int, side: int) -> Path:
+    """The synthetic dataset, or the one an earlier run left in --workdir with the same size."""
     per_class = max(2, images // len(CLASSES))
+    stamp = root / "bench_stamp.json"
+    wanted = {"per_class": per_class, "side": side, "classes": list(CLASSES)}
+    if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
+        return root
     make_synthetic_dataset(root, classes=CLASSES, n_normal=per_class // 2, n_anomalous=per_class - per_class // 2,
                            image_size=(side, side), seed=0)
+    stamp.write_text(json.dumps(wanted))
     return root
 
 
 def run(script: str, *args) -> float:
+    """Runs a repository script as a user would; returns its wall time."""
     start = time.time()
     subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, check=True)
     return time.time() - start
+
+
+def loading_row(data: Path, image_size: int, batch_size: int, workers: int | None, device: str) -> dict:
+    """test.py's loader alone: decoding and resizing, split over its worker processes."""
+    from dataset import AnomalyDataset
+    from utils import default_workers
+
+    spec = importlib.util.spec_from_file_location("vip2_test_script", ROOT / "test.py")
+    test_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(test_script)
+    dataset = AnomalyDataset(data, image_size, split="test")
+    workers = default_workers() if workers is None else workers
+    loader = torch.utils.data.DataLoader(dataset, batch_size=test_script.loader_chunk(batch_size, workers),
+                                         num_workers=workers, pin_memory=device == "cuda")
+    start = time.time()
+    for _ in test_script.device_batches(loader, batch_size, torch.device(device)):
+        pass
+    seconds = time.time() - start
+    return {"script": f"loading only ({workers} workers)", "precision": "-", "images": len(dataset),
+            "seconds": seconds, "wall": seconds, "images_per_second": len(dataset) / seconds,
+            "peak_gpu_memory_gb": None}
 
 
 def main(argv=None) -> None:
@@ -68,58 +106,72 @@ def main(argv=None) -> None:
         return
     device = "cuda" if torch.cuda.is_available() else "cpu"
     layers = ["6", "12", "18", "24"] if args.arch != "tiny" else ["1", "2", "3", "4"]
+    rows, maps = [], {}
     with tempfile.TemporaryDirectory(prefix="vip2_bench_") as temporary:
         work = Path(args.workdir or temporary)
         work.mkdir(parents=True, exist_ok=True)
         start = time.time()
-        test_data = make_data(work / "test_data", args.test_images, args.image_px)
+        test_data = None if args.skip_test else make_data(work / "test_data", args.test_images, args.image_px)
         train_data = None if args.skip_train else make_data(work / "train_data", args.train_images, args.image_px)
-        weights = work / "clip_random.pt"
-        torch.save({k: v.half() if v.is_floating_point() else v
-                    for k, v in random_clip_state_dict(args.arch, seed=0).items()}, weights)
-        print(f"data and weights ready in {time.time() - start:.0f} s")
+        weights = work / f"clip_random_{args.arch}.pt"
+        if not weights.is_file():
+            torch.save({k: v.half() if v.is_floating_point() else v
+                        for k, v in random_clip_state_dict(args.arch, seed=0).items()}, weights)
+        print(f"data and weights ready in {time.time() - start:.0f} s", flush=True)
         common = ["--clip_weights", weights, "--image_size", args.image_size, "--features_list", *layers,
                   "--device", device]
-        init = work / "init" / "epoch_1.pth"
-        run("train.py", "--train_data_path", test_data, "--save_path", init.parent, "--epoch", "1", *common)
+        workers = ["--num_workers", args.num_workers] if args.num_workers is not None else []
 
-        rows, maps = [], {}
+        if test_data is not None:
+            rows.append(loading_row(test_data, args.image_size, args.batch_size or (32 if device == "cuda" else 8),
+                                    args.num_workers, device))
+            init = work / "init" / "epoch_1.pth"
+            if not init.is_file():
+                run("train.py", "--train_data_path", test_data, "--save_path", init.parent, "--epoch", "1",
+                    "--overwrite", *common, *workers)
         for precision in args.precisions:
-            out = work / f"test_{precision}"
-            extra = ["--batch_size", args.batch_size] if args.batch_size else []
-            run("test.py", "--data_path", test_data, "--checkpoint_path", init, "--save_path", out,
-                "--save_maps", out / "maps.npz", "--precision", precision, *common, *extra)
-            stats = json.loads((out / "results.json").read_text())["run"]
-            with np.load(out / "maps.npz") as saved:
-                maps[precision] = (saved["anomaly_maps"], saved["image_scores"])
-            row = {"script": "test.py", "precision": precision, "images": stats["images"],
-                   "seconds": stats["seconds"], "images_per_second": stats["images_per_second"],
-                   "peak_gpu_memory_gb": stats["peak_gpu_memory_gb"]}
-            if not args.skip_train:
+            if test_data is not None:
+                out = work / f"test_{precision}"
+                extra = ["--batch_size", args.batch_size] if args.batch_size else []
+                wall = run("test.py", "--data_path", test_data, "--checkpoint_path", init, "--save_path", out,
+                           "--save_maps", out / "maps.npz", "--precision", precision, *common, *workers, *extra)
+                stats = json.loads((out / "results.json").read_text())["run"]
+                with np.load(out / "maps.npz") as saved:
+                    maps[precision] = (saved["anomaly_maps"], saved["image_scores"])
+                rows.append({"script": "test.py", "precision": precision, "images": stats["images"],
+                             "seconds": stats["seconds"], "wall": wall, "images_per_second": stats["images_per_second"],
+                             "peak_gpu_memory_gb": stats["peak_gpu_memory_gb"],
+                             "model_seconds": stats["inference_seconds"], "metrics_seconds": stats["metrics_seconds"]})
+            if train_data is not None:
                 save = work / f"train_{precision}"
-                run("train.py", "--train_data_path", train_data, "--save_path", save, "--epoch", args.epochs,
-                    "--precision", precision, *common)
+                wall = run("train.py", "--train_data_path", train_data, "--save_path", save, "--epoch", args.epochs,
+                           "--precision", precision, "--overwrite", *common, *workers)
                 train_stats = json.loads((save / "train_stats.json").read_text())
-                rows.append(row)
-                row = {"script": f"train.py ({args.epochs} epochs)", "precision": precision,
-                       "images": train_stats["images"], "seconds": train_stats["seconds"],
-                       "images_per_second": train_stats["images_per_second"],
-                       "peak_gpu_memory_gb": train_stats["peak_gpu_memory_gb"]}
-            rows.append(row)
+                rows.append({"script": f"train.py ({args.epochs} epochs)", "precision": precision,
+                             "images": train_stats["images"], "seconds": train_stats["seconds"], "wall": wall,
+                             "images_per_second": train_stats["images_per_second"],
+                             "peak_gpu_memory_gb": train_stats["peak_gpu_memory_gb"],
+                             "feature_cache": train_stats["feature_cache"]})
 
     from tabulate import tabulate
 
-    print(f"\n{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, {args.arch} at {args.image_size} px, "
-          f"{args.image_px} px PNGs")
-    print(tabulate(rows, headers="keys", floatfmt=".1f"))
-    if "fp32" in maps:
-        for precision, (low_maps, low_scores) in maps.items():
-            if precision == "fp32":
-                continue
-            map_diff = np.abs(low_maps - maps["fp32"][0])
-            score_diff = np.abs(low_scores - maps["fp32"][1])
-            print(f"{precision} vs fp32: maps max {map_diff.max():.2e} mean {map_diff.mean():.2e}; "
-                  f"scores max {score_diff.max():.2e} mean {score_diff.mean():.2e}")
+    title = (f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, {args.arch} at {args.image_size} px, "
+             f"{args.image_px} px PNGs, torch {torch.__version__}")
+    print(f"\n{title}")
+    print(tabulate(rows, headers="keys", floatfmt=".1f", missingval="-"))
+    drifts = {}
+    for precision, (low_maps, low_scores) in maps.items():
+        if precision == "fp32" or "fp32" not in maps:
+            continue
+        map_diff, score_diff = np.abs(low_maps - maps["fp32"][0]), np.abs(low_scores - maps["fp32"][1])
+        drifts[precision] = {"maps_max": float(map_diff.max()), "maps_mean": float(map_diff.mean()),
+                             "scores_max": float(score_diff.max()), "scores_mean": float(score_diff.mean())}
+        print(f"{precision} vs fp32: maps max {map_diff.max():.2e} mean {map_diff.mean():.2e}; "
+              f"scores max {score_diff.max():.2e} mean {score_diff.mean():.2e}")
+    if args.output:
+        from utils import atomic_write_json
+
+        atomic_write_json({"title": title, "rows": rows, "drift_vs_fp32": drifts}, Path(args.output))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,51 @@
+"""test.py's inference loop: how work is split between loader processes changes no output."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import ROOT, fixture_model
+
+from dataset import AnomalyDataset
+from generate_dataset_json.synthetic import make_synthetic_dataset
+
+
+def _load_test_script():
+    """test.py by path: `import test` would find the standard library's package."""
+    spec = importlib.util.spec_from_file_location("vip2_test_script", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+test_script = _load_test_script()
+
+
+@pytest.mark.parametrize(("batch_size", "workers", "chunk"),
+                         [(32, 16, 2), (32, 12, 2), (8, 3, 2), (7, 2, 1), (8, 0, 8), (8, 1, 8), (4, 64, 1)])
+def test_loader_chunk_divides_the_batch_and_spreads_it_over_workers(batch_size, workers, chunk):
+    assert test_script.loader_chunk(batch_size, workers) == chunk
+
+
+def test_device_batches_rejoin_chunks_in_order():
+    chunks = [{"img": torch.arange(i, i + 2)[:, None].float(), "img_mask": torch.zeros(2, 1, dtype=torch.uint8),
+               "anomaly": torch.arange(i, i + 2)} for i in range(0, 10, 2)]
+    batches = list(test_script.device_batches(chunks, 4, torch.device("cpu")))
+    assert [len(b["img"]) for b in batches] == [4, 4, 2]
+    assert torch.cat([b["anomaly"] for b in batches]).tolist() == list(range(10))
+
+
+def test_predict_with_loader_processes_matches_single_process(tiny_clip, tmp_path):
+    make_synthetic_dataset(tmp_path, classes=("a_synth", "b_synth"), n_normal=3, n_anomalous=2,
+                           image_size=(80, 72), seed=3)
+    dataset = AnomalyDataset(tmp_path, 126, split="test")
+    model = fixture_model(tiny_clip)
+    common = dict(precision="fp32", sigma=4.0)
+    single = test_script.predict(model, dataset, torch.device("cpu"), batch_size=4, workers=0, **common)
+    chunked = test_script.predict(model, dataset, torch.device("cpu"), batch_size=4, workers=2, **common)
+    for key in ("gt_masks", "labels"):
+        torch.testing.assert_close(chunked[key], single[key], rtol=0, atol=0)
+    for key in ("anomaly_maps", "image_scores"):
+        torch.testing.assert_close(chunked[key], single[key], rtol=0, atol=1e-6)
+    assert single["labels"].tolist() == [int(s.anomaly) for s in dataset.samples]
