@@ -49,6 +49,8 @@ class PromptLearner(nn.Module):
             raise ValueError(f"--n_ctx {n_ctx} plus --n_cls {n_cls} exceeds the {room} prompt tokens CLIP's "
                              f"{CONTEXT_LENGTH}-token context leaves")
         self.n_ctx, self.n_cls = n_ctx, n_cls
+        self.sequence_length = 2 + n_ctx + n_cls + 1  # SOS, ctx, state word, cls, EOT: a Python int, so
+        # the text encoder can cut its sequences without reading token ids back from the GPU
         self.ctx_pos = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))
         self.ctx_neg = nn.Parameter(torch.empty(n_ctx, width).normal_(std=PROMPT_INIT_STD))
         self.cls_ctx = nn.Parameter(torch.empty(n_cls, width).normal_(std=PROMPT_INIT_STD))
@@ -64,9 +66,8 @@ class PromptLearner(nn.Module):
     def _register_sentence(self, suffix: str, sentence: str, embedded_sentence: str,
                            token_embedding: nn.Embedding) -> None:
         token_ids, embedded_ids = open_clip.tokenize([sentence, embedded_sentence]).split(1)
-        expected_length = 2 + self.n_ctx + self.n_cls + 1  # SOS, ctx, state, cls, EOT
         for ids, text in ((token_ids, sentence), (embedded_ids, embedded_sentence)):
-            if int(ids.argmax(-1)) + 1 != expected_length:
+            if int(ids.argmax(-1)) + 1 != self.sequence_length:
                 raise ValueError(f"the prompt {text!r} does not tokenize to one token per word")
         with torch.no_grad():
             embedding = token_embedding(embedded_ids).float()

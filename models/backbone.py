@@ -88,14 +88,17 @@ class FrozenCLIP(nn.Module):
         global_feature = F.normalize(class_token @ visual.proj, dim=-1)
         return global_feature, patch_features
 
-    def encode_prompts(self, prompt_embeddings: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    def encode_prompts(self, prompt_embeddings: torch.Tensor, token_ids: torch.Tensor,
+                       length: int | None = None) -> torch.Tensor:
         """Encode `[M, 77, D]` prompt embeddings; returns L2-normalised `[M, E]` float32 features.
 
         With the causal mask, the end-of-text row depends only on the positions up to it,
         so the sequence is cut after the last end-of-text token: same result, a fraction of the work.
+        `length` (that token's position + 1), when the caller knows it, spares a device sync.
         """
         eot = token_ids.argmax(dim=-1)
-        length = int(eot.max()) + 1
+        if length is None:
+            length = int(eot.max()) + 1
         clip = self.clip
         x = prompt_embeddings[:, :length] + clip.positional_embedding[:length].to(prompt_embeddings.dtype)
         mask = clip.attn_mask[:length, :length].to(x.device)

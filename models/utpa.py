@@ -8,8 +8,12 @@ from .config import TEMPERATURE
 
 
 def align(patch_features: torch.Tensor, text_features: torch.Tensor):
-    """Cosine similarities `[N, L, 2]` and their two-class softmax at temperature 0.07."""
-    similarity = patch_features @ text_features.transpose(1, 2)
+    """Cosine similarities `[N, L, 2]` and their two-class softmax at temperature 0.07.
+
+    Always in float32: divided by 0.07 they become logits, where bf16's rounding of the
+    similarities would show, and the product is a negligible share of the work."""
+    with torch.autocast(patch_features.device.type, enabled=False):
+        similarity = patch_features.float() @ text_features.float().transpose(1, 2)
     return similarity, (similarity / TEMPERATURE).softmax(dim=-1)
 
 

@@ -62,7 +62,7 @@ class ViP2CLIP(nn.Module):
     def text_features(self, global_feature: torch.Tensor) -> torch.Tensor:
         """The per-image normal/abnormal text embeddings `G [N, 2, E]`."""
         prompts, token_ids = self.prompt_learner(global_feature)
-        encoded = self.backbone.encode_prompts(prompts, token_ids)
+        encoded = self.backbone.encode_prompts(prompts, token_ids, self.prompt_learner.sequence_length)
         return torch.stack(encoded.chunk(2, dim=0), dim=1)
 
     def align(self, features: ImageFeatures) -> Alignment:
