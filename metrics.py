@@ -87,10 +87,8 @@ MEAN_ROW = "mean"
 MAPS_FILE_KEYS = ("anomaly_maps", "image_scores", "gt_masks", "labels", "cls_names", "img_paths")
 MAPS_FILE_REQUIRED = MAPS_FILE_KEYS[:5]
 
-# 8-connectivity inside each 2-D mask (skimage.measure.label's default), none across images,
-# so one scipy call labels a whole class.
-_PLANAR_8_CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)
-_PLANAR_8_CONNECTIVITY[1] = True
+# 8-connectivity inside each 2-D mask: skimage.measure.label's default, as in the reference.
+_EIGHT_CONNECTIVITY = np.ones((3, 3), dtype=bool)
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -122,6 +120,9 @@ class _NumpyOps:
 
     def concat(self, parts):
         return np.concatenate(parts)
+
+    def stack(self, parts):
+        return np.stack(parts)
 
     def float64(self, values):
         return values.astype(np.float64, copy=False)
@@ -175,6 +176,9 @@ class _TorchOps:
 
     def concat(self, parts):
         return self.torch.cat(parts)
+
+    def stack(self, parts):
+        return self.torch.stack(parts)
 
     def float64(self, values):
         return values.to(self.torch.float64)
@@ -417,12 +421,22 @@ def _ranking_metrics(groups: _ScoreGroups, ops, f1_epsilon: float, wanted) -> di
     return result
 
 
-def _label_regions(masks: np.ndarray):
-    """Connected ground-truth regions, 8-connected within each map, numbered 1..R."""
+def _positive_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """The region number (1..R) of every anomalous pixel, in flat pixel order, and R.
+
+    Regions are 8-connected within each mask, numbered in raster order image after image
+    (as labelling the whole stack with a planar structure would); masks with no anomalous
+    pixel, most of a dataset, are skipped."""
     from scipy import ndimage
 
-    region_map, n_regions = ndimage.label(masks, structure=_PLANAR_8_CONNECTIVITY)
-    return region_map, int(n_regions)
+    parts, n_regions = [], 0
+    for mask in masks:
+        if not mask.any():
+            continue
+        labelled, count = ndimage.label(mask, structure=_EIGHT_CONNECTIVITY)
+        parts.append(labelled[mask].astype(np.int64) + n_regions)
+        n_regions += count
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), n_regions
 
 
 def _official_thresholds(lowest, highest):
@@ -472,8 +486,9 @@ def _official_aupro(groups, positive_scores, positive_regions, n_regions, ops, c
     at_or_below = ops.to_numpy(ops.searchsorted(
         groups.values, ops.asarray(_at_or_below_in(thresholds_np, numpy_scalar)), side="right"))
     n_negative = int(groups.negatives.sum())
-    negatives_at_or_below = np.cumsum([int(groups.negatives[start:stop].sum())
-                                       for start, stop in zip(np.r_[0, at_or_below[:-1]], at_or_below)])
+    slice_sums = ops.stack([groups.negatives[start:stop].sum()
+                            for start, stop in zip(np.r_[0, at_or_below[:-1]], at_or_below)])
+    negatives_at_or_below = np.cumsum(ops.to_numpy(slice_sums).astype(np.int64))  # one device sync, not 200
     false_positives = n_negative - negatives_at_or_below
 
     # Pixel p is predicted positive at threshold k exactly when k < bin[p].
@@ -640,10 +655,9 @@ def _pixel_metrics(anomaly_maps, gt_masks, wanted_keys, pro_mode, cls_name, back
         result["pixel_" + name] = value
 
     if "pixel_aupro" in wanted_keys:
-        region_map, n_regions = _label_regions(masks)
         # Region numbers and scores of the anomalous pixels, both in flat pixel order.
-        positive_regions = ops.int64(ops.asarray(region_map.reshape(-1)[masks.reshape(-1)]))
-        del region_map
+        positive_regions, n_regions = _positive_regions(masks)
+        positive_regions = ops.asarray(positive_regions)
         positive_scores = scores[labels]
         if pro_mode == "official":
             result["pixel_aupro"] = _official_aupro(groups, positive_scores, positive_regions, n_regions, ops, cls_name)
@@ -769,19 +783,40 @@ def evaluate(anomaly_maps, gt_masks, image_scores, labels, cls_names, *, pro_mod
     results = {}
     for cls_name in iterator:
         index = _class_index(cls_names, cls_name)
+        arguments = (_take(anomaly_maps, index) if pixel_keys else None,
+                     _take(gt_masks, index) if pixel_keys else None,
+                     _take(image_scores, index) if image_keys else None,
+                     _take(labels, index) if image_keys else None)
         try:
-            results[cls_name] = class_metrics(
-                _take(anomaly_maps, index) if pixel_keys else None,
-                _take(gt_masks, index) if pixel_keys else None,
-                _take(image_scores, index) if image_keys else None,
-                _take(labels, index) if image_keys else None,
-                pro_mode=pro_mode, keys=keys, cls_name=cls_name, backend=backend)
+            try:
+                results[cls_name] = class_metrics(*arguments, pro_mode=pro_mode, keys=keys, cls_name=cls_name,
+                                                  backend=backend)
+            except RuntimeError as error:
+                if backend == "numpy" or not _is_device_out_of_memory(error):
+                    raise
+                _release_device_cache()
+                warnings.warn(f"class {cls_name!r}: out of GPU memory for its metrics; computing them on the CPU",
+                              RuntimeWarning, stacklevel=2)
+                results[cls_name] = class_metrics(*arguments, pro_mode=pro_mode, keys=keys, cls_name=cls_name,
+                                                  backend="numpy")
         except (ValueError, RuntimeError, MemoryError) as error:
             warnings.warn(f"class {cls_name!r}: metrics failed ({type(error).__name__}: {error}); "
                           "reported as NaN", UndefinedMetricWarning, stacklevel=2)
             results[cls_name] = {key: math.nan for key in keys}
     results[MEAN_ROW] = {key: _nanmean([results[cls][key] for cls in classes]) for key in keys}
     return results
+
+
+def _is_device_out_of_memory(error: BaseException) -> bool:
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
+def _release_device_cache() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _nanmean(values) -> float:
