@@ -35,6 +35,7 @@ from utils import (
     peak_gpu_memory_gb,
     positive_int,
     precision_dtype,
+    reset_peak_gpu_memory,
     resolve_device,
     set_seed,
     setup_logger,
@@ -262,6 +263,7 @@ def main(argv=None) -> Path:
         load_weights(model, init, args.init_checkpoint)
     model.to(device)
     model.train()
+    reset_peak_gpu_memory(device)
     parameters = model.trainable_parameters()
     optimizer = torch.optim.Adam([{"params": parameters["prompt_learner"], "lr": args.learning_rate},
                                   {"params": parameters["fgp"], "lr": args.fgp_learning_rate}])

@@ -107,12 +107,20 @@ def configure_precision(precision: str) -> None:
 
 
 def peak_gpu_memory_gb(device: torch.device) -> float | None:
-    """Peak memory PyTorch allocated on a CUDA device (None elsewhere), for the logs and benchmarks."""
+    """Peak GPU memory held by PyTorch's allocator since `reset_peak_gpu_memory` (None off CUDA):
+    what the card must have free, besides the CUDA context's few hundred MB."""
     if device.type != "cuda":
         return None
     import torch
 
-    return torch.cuda.max_memory_allocated(device) / 2**30
+    return torch.cuda.max_memory_reserved(device) / 2**30
+
+
+def reset_peak_gpu_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def memory_note(device: torch.device) -> str:
@@ -170,15 +178,17 @@ def _umask() -> int:
     return current
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """A binary file to write, in `path`'s folder, renamed onto `path` only once complete:
+    a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
         with os.fdopen(handle, "wb") as file:
-            file.write(data)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
@@ -186,6 +196,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(path) as file:
+        file.write(data)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
@@ -201,9 +216,9 @@ def atomic_write_json(obj, path: str | os.PathLike) -> None:
 
 
 def atomic_savez(path: str | os.PathLike, **arrays) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    """Uncompressed: anomaly maps shrink by about 15% at some 40 ms per 518 px map."""
+    with atomic_file(path) as file:
+        np.savez(file, **arrays)
 
 
 def nan_to_none(value):
