@@ -167,15 +167,28 @@ def to_8bit_mode(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Resize((S, S), bicubic) → RGB → [0, 1] → CLIP normalisation: `[3, S, S]` float32, and the original size."""
+def read_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resize((S, S), bicubic) → RGB: `[3, S, S]` uint8, and the original size."""
     image = to_8bit_mode(_open(path))
     original_size = image.size
     image = image.resize((size, size), Image.BICUBIC).convert("RGB")
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return (array - mean) / std, original_size
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1), original_size
+
+
+def normalize_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 `[..., 3, S, S]` → [0, 1] → CLIP normalisation, float32, on the images' device.
+
+    The scripts move uint8 images to the GPU and normalise them there: a quarter of the
+    bytes through the loader's shared memory and the host-to-device copy, same values."""
+    mean = torch.tensor(CLIP_MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=images.device).view(3, 1, 1)
+    return (images.float().div(255) - mean) / std
+
+
+def load_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """`read_image` then `normalize_images`: `[3, S, S]` float32, and the original size."""
+    image, original_size = read_image(path, size)
+    return normalize_images(image), original_size
 
 
 def anomalous_pixels(mask: Image.Image) -> np.ndarray:
@@ -211,9 +224,11 @@ class AnomalyDataset(torch.utils.data.Dataset):
     """One split of a meta.json dataset; items are dicts the default collate can batch."""
 
     def __init__(self, root: str | os.PathLike, image_size: int, split: str = "test",
-                 meta_path: str | os.PathLike | None = None, classes: list[str] | None = None):
+                 meta_path: str | os.PathLike | None = None, classes: list[str] | None = None,
+                 normalize: bool = True):
         self.root = Path(root)
         self.image_size = image_size
+        self.normalize = normalize  # False: `img` is uint8, for `normalize_images` on the GPU
         samples = samples_from_meta(read_meta(self.root, meta_path), split, self.root)
         if classes:
             unknown = sorted(set(classes) - {s.cls_name for s in samples})
@@ -233,7 +248,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image_path = self.root / sample.img_path
-        image, original_size = load_image(image_path, self.image_size)
+        image, original_size = (load_image if self.normalize else read_image)(image_path, self.image_size)
         if sample.mask_path and (self.root / sample.mask_path).is_file():
             mask = load_mask(self.root / sample.mask_path, self.image_size, original_size, image_path)
             if sample.anomaly and not mask.any():

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import metrics
-from dataset import AnomalyDataset, DatasetError
+from dataset import AnomalyDataset, DatasetError, normalize_images
 from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
 from models.clip_loader import CLIP_WEIGHTS_HELP
@@ -126,7 +126,7 @@ def predict(model: ViP2CLIP, dataset: AnomalyDataset, device: torch.device, *, b
         for batch in device_batches(loader, batch_size, device):
             stop = start + batch["img"].shape[0]
             with autocast(precision, device):
-                raw_maps, raw_scores = model(batch["img"])
+                raw_maps, raw_scores = model(normalize_images(batch["img"]))
             maps[start:stop] = gaussian_blur(raw_maps.float(), sigma)
             scores[start:stop] = raw_scores.float()
             masks[start:stop] = batch["img_mask"]
@@ -172,7 +172,7 @@ def main(argv=None) -> dict:
     configure_precision(args.precision)
     checkpoint = read_checkpoint(args.checkpoint_path)
     config = resolve_config(checkpoint, args.checkpoint_path, setting_overrides(args))
-    dataset = AnomalyDataset(args.data_path, config.image_size, split="test")
+    dataset = AnomalyDataset(args.data_path, config.image_size, split="test", normalize=False)
 
     model = ViP2CLIP(load_clip(args.clip_weights), config)
     load_weights(model, checkpoint, args.checkpoint_path)

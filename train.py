@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dataset import AnomalyDataset, DatasetError
+from dataset import AnomalyDataset, DatasetError, normalize_images
 from models import DEFAULTS, ClipWeightsError, ViP2CLIP, ViP2Config, load_clip
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint, recorded_settings, save_checkpoint
 from models.clip_loader import CLIP_WEIGHTS_HELP
@@ -254,7 +254,7 @@ def main(argv=None) -> Path:
                         feature_map_layer=args.feature_map_layer)
     device = resolve_device(args.device)
     configure_precision(args.precision)
-    dataset = AnomalyDataset(args.train_data_path, config.image_size, split=TRAIN_SPLIT)
+    dataset = AnomalyDataset(args.train_data_path, config.image_size, split=TRAIN_SPLIT, normalize=False)
     init = check_init_checkpoint(args.init_checkpoint, config) if args.init_checkpoint else None
 
     set_seed(args.seed)
@@ -337,7 +337,7 @@ def cast_features(features, dtype: torch.dtype):
 
 
 def load_batch(model: ViP2CLIP, raw: dict, device: torch.device, precision: str) -> dict:
-    images = raw["img"].to(device, non_blocking=True)
+    images = normalize_images(raw["img"].to(device, non_blocking=True))
     with torch.no_grad(), autocast(precision, device):
         features = model.extract_features(images)
     return {"features": features, "mask": raw["img_mask"].to(device, non_blocking=True),

@@ -86,7 +86,7 @@ def loading_row(data: Path, image_size: int, batch_size: int, workers: int | Non
     spec = importlib.util.spec_from_file_location("vip2_test_script", ROOT / "test.py")
     test_script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(test_script)
-    dataset = AnomalyDataset(data, image_size, split="test")
+    dataset = AnomalyDataset(data, image_size, split="test", normalize=False)
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, batch_size=test_script.loader_chunk(batch_size, workers),
                                          num_workers=workers, pin_memory=device == "cuda")

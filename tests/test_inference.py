@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import ROOT, fixture_model
 
-from dataset import AnomalyDataset
+from dataset import AnomalyDataset, normalize_images
 from generate_dataset_json.synthetic import make_synthetic_dataset
+from utils import gaussian_blur
 
 
 def _load_test_script():
@@ -39,7 +40,7 @@ def test_device_batches_rejoin_chunks_in_order():
 def test_predict_with_loader_processes_matches_single_process(tiny_clip, tmp_path):
     make_synthetic_dataset(tmp_path, classes=("a_synth", "b_synth"), n_normal=3, n_anomalous=2,
                            image_size=(80, 72), seed=3)
-    dataset = AnomalyDataset(tmp_path, 126, split="test")
+    dataset = AnomalyDataset(tmp_path, 126, split="test", normalize=False)  # as test.py reads it
     model = fixture_model(tiny_clip)
     common = dict(precision="fp32", sigma=4.0)
     single = test_script.predict(model, dataset, torch.device("cpu"), batch_size=4, workers=0, **common)
@@ -49,3 +50,16 @@ def test_predict_with_loader_processes_matches_single_process(tiny_clip, tmp_pat
     for key in ("anomaly_maps", "image_scores"):
         torch.testing.assert_close(chunked[key], single[key], rtol=0, atol=1e-6)
     assert single["labels"].tolist() == [int(s.anomaly) for s in dataset.samples]
+    normalized = AnomalyDataset(tmp_path, 126, split="test")  # the float images normalised in the loader
+    with torch.no_grad():
+        maps, scores = model(torch.stack([normalized[i]["img"] for i in range(len(normalized))]))
+    torch.testing.assert_close(single["anomaly_maps"], gaussian_blur(maps, 4.0), rtol=0, atol=1e-6)
+    torch.testing.assert_close(single["image_scores"], scores, rtol=0, atol=1e-6)
+
+
+def test_uint8_images_normalised_later_equal_images_normalised_at_load(tmp_path):
+    make_synthetic_dataset(tmp_path, classes=("a_synth",), n_normal=1, n_anomalous=1, image_size=(50, 40), seed=1)
+    raw, normalized = AnomalyDataset(tmp_path, 64, normalize=False), AnomalyDataset(tmp_path, 64)
+    assert raw[0]["img"].dtype == torch.uint8 and normalized[0]["img"].dtype == torch.float32
+    torch.testing.assert_close(normalize_images(torch.stack([raw[0]["img"], raw[1]["img"]])),
+                               torch.stack([normalized[0]["img"], normalized[1]["img"]]), rtol=0, atol=0)
