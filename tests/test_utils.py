@@ -1,0 +1,46 @@
+"""Helpers the scripts share: CPU counting for loader processes, atomic files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import utils
+
+
+@pytest.mark.parametrize(("files", "cpus"), [
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu.max": "250000 100000\n"}, 3),
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage"}, None),
+    ({}, None),
+])
+def test_cgroup_cpu_quota(tmp_path, files, cpus):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert utils.cgroup_cpu_quota(tmp_path) == cpus
+
+
+def test_default_workers_follow_the_quota_and_the_cap(monkeypatch):
+    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(utils, "cgroup_cpu_quota", lambda: 6)
+    assert utils.default_workers() == 6
+    monkeypatch.setattr(utils, "cgroup_cpu_quota", lambda: None)
+    assert utils.default_workers() == utils.MAX_LOADER_WORKERS
+
+
+class _Unsaveable:
+    def __array__(self, dtype=None, copy=None):
+        raise ValueError("cannot be an array")
+
+
+def test_atomic_savez_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "maps.npz"
+    utils.atomic_savez(path, a=np.arange(3))
+    with pytest.raises(ValueError):
+        utils.atomic_savez(path, a=np.arange(4), b=_Unsaveable())
+    with np.load(path) as saved:
+        np.testing.assert_array_equal(saved["a"], np.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["maps.npz"]  # no temporary file left behind
