@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=PRECISIONS, default="fp32",
                      help="backbone and heads precision; fp32 reproduces the reference")
     run.add_argument("--batch_size", type=positive_int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
-    run.add_argument("--num_workers", type=non_negative_int, default=None, help="data-loading processes (default: CPUs available)")
+    run.add_argument("--num_workers", type=non_negative_int, default=None, help="data-loading processes (default: the CPUs available, at most 16)")
     run.add_argument("--seed", type=int, default=111, help="seed (evaluation is deterministic; kept for parity)")
     return parser
 

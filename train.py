@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "limits), and none for a single epoch")
     run.add_argument("--overwrite", action="store_true",
                      help="replace an earlier run's checkpoints and logs in --save_path (refused otherwise)")
-    run.add_argument("--num_workers", type=non_negative_int, default=None, help="data-loading processes (default: CPUs available)")
+    run.add_argument("--num_workers", type=non_negative_int, default=None, help="data-loading processes (default: the CPUs available, at most 16)")
     return parser
 
 
