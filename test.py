@@ -47,6 +47,7 @@ from utils import (
     resolve_device,
     set_seed,
     setup_logger,
+    shared_memory_warning,
 )
 
 RESULTS_FILE = "results.json"
@@ -184,6 +185,9 @@ def main(argv=None) -> dict:
 
     batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
     workers = default_workers() if args.num_workers is None else args.num_workers
+    shm_warning = shared_memory_warning(workers, loader_chunk(batch_size, workers), config.image_size)
+    if shm_warning:
+        logger.warning(shm_warning)
     warm_up_seconds = warm_up(model, device, args.precision)
     if warm_up_seconds:
         logger.info("GPU warm-up pass: %.1f s", warm_up_seconds)

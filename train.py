@@ -39,6 +39,7 @@ from utils import (
     resolve_device,
     set_seed,
     setup_logger,
+    shared_memory_warning,
 )
 
 TRAIN_SPLIT = "test"  # the reference trains on the auxiliary dataset's annotated test split
@@ -270,6 +271,9 @@ def main(argv=None) -> Path:
 
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     workers = default_workers() if args.num_workers is None else args.num_workers
+    shm_warning = shared_memory_warning(workers, args.batch_size, config.image_size)
+    if shm_warning:
+        logger.warning(shm_warning)
     generator = torch.Generator().manual_seed(args.seed)
     batches = EpochBatches(len(dataset), args.batch_size, generator)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,

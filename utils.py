@@ -167,6 +167,28 @@ def default_workers() -> int:
     return min(MAX_LOADER_WORKERS, available_cpus())
 
 
+LOADER_PREFETCH = 2  # torch DataLoader's prefetch_factor: batches each worker may hold ready
+
+
+def shared_memory_warning(workers: int, images_per_task: int, image_size: int,
+                          folder: str = "/dev/shm") -> str | None:
+    """Loader processes hand their batches over through /dev/shm, which containers often keep
+    small (Docker: 64 MB); too small, and the workers die with a bus error mid-run."""
+    if workers == 0:
+        return None
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return None
+    free = stat.f_bavail * stat.f_frsize
+    needed = workers * LOADER_PREFETCH * images_per_task * 4 * image_size ** 2  # uint8 RGB image and mask
+    if free >= 2 * needed:
+        return None
+    return (f"{folder} has {free / 2**20:.0f} MB free, and {workers} loader processes may need "
+            f"{needed / 2**20:.0f} MB there at once: if they die with a bus error, give the container more "
+            f"(docker run --shm-size=2g, or --ipc=host) or pass a smaller --num_workers (0: no loader processes)")
+
+
 class _LineFormatter(logging.Formatter):
     """Captured warnings end in a newline of their own; drop it so the log has no blank lines."""
 

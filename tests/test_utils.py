@@ -1,6 +1,8 @@
 """Helpers the scripts share: CPU counting for loader processes, atomic files."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,11 @@ def test_atomic_savez_leaves_the_old_file_when_writing_fails(tmp_path):
     with np.load(path) as saved:
         np.testing.assert_array_equal(saved["a"], np.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["maps.npz"]  # no temporary file left behind
+
+
+def test_small_shared_memory_is_reported_before_loader_processes_start(monkeypatch):
+    monkeypatch.setattr(utils.os, "statvfs", lambda folder: SimpleNamespace(f_bavail=16384, f_frsize=4096))  # 64 MB
+    message = utils.shared_memory_warning(workers=16, images_per_task=2, image_size=518)
+    assert "64 MB free" in message and "--shm-size" in message and "--num_workers" in message
+    assert utils.shared_memory_warning(workers=0, images_per_task=2, image_size=518) is None
+    assert utils.shared_memory_warning(workers=2, images_per_task=1, image_size=112) is None  # 0.2 MB needed
