@@ -180,6 +180,9 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 
     The scripts move uint8 images to the GPU and normalise them there: a quarter of the
     bytes through the loader's shared memory and the host-to-device copy, same values."""
+    if images.dtype != torch.uint8:  # normalising twice would run silently and shift every value
+        raise ValueError(f"normalize_images expects uint8 images, got {images.dtype}: "
+                         "read them with AnomalyDataset(..., normalize=False) or read_image")
     mean = torch.tensor(CLIP_MEAN, device=images.device).view(3, 1, 1)
     std = torch.tensor(CLIP_STD, device=images.device).view(3, 1, 1)
     return (images.float().div(255) - mean) / std

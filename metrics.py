@@ -127,9 +127,6 @@ class _NumpyOps:
     def float64(self, values):
         return values.astype(np.float64, copy=False)
 
-    def int64(self, values):
-        return values.astype(np.int64, copy=False)
-
     def cast_like(self, values, other):
         return values.astype(other.dtype, copy=False)
 
@@ -182,9 +179,6 @@ class _TorchOps:
 
     def float64(self, values):
         return values.to(self.torch.float64)
-
-    def int64(self, values):
-        return values.to(self.torch.int64)
 
     def cast_like(self, values, other):
         return values.to(other.dtype)
@@ -783,28 +777,32 @@ def evaluate(anomaly_maps, gt_masks, image_scores, labels, cls_names, *, pro_mod
     results = {}
     for cls_name in iterator:
         index = _class_index(cls_names, cls_name)
-        arguments = (_take(anomaly_maps, index) if pixel_keys else None,
-                     _take(gt_masks, index) if pixel_keys else None,
-                     _take(image_scores, index) if image_keys else None,
-                     _take(labels, index) if image_keys else None)
         try:
-            try:
-                results[cls_name] = class_metrics(*arguments, pro_mode=pro_mode, keys=keys, cls_name=cls_name,
-                                                  backend=backend)
-            except RuntimeError as error:
-                if backend == "numpy" or not _is_device_out_of_memory(error):
-                    raise
-                _release_device_cache()
-                warnings.warn(f"class {cls_name!r}: out of GPU memory for its metrics; computing them on the CPU",
-                              RuntimeWarning, stacklevel=2)
-                results[cls_name] = class_metrics(*arguments, pro_mode=pro_mode, keys=keys, cls_name=cls_name,
-                                                  backend="numpy")
+            arguments = (_take(anomaly_maps, index) if pixel_keys else None,
+                         _take(gt_masks, index) if pixel_keys else None,
+                         _take(image_scores, index) if image_keys else None,
+                         _take(labels, index) if image_keys else None)
+            results[cls_name] = _class_metrics_on_cpu_if_needed(arguments, pro_mode, keys, cls_name, backend)
         except (ValueError, RuntimeError, MemoryError) as error:
             warnings.warn(f"class {cls_name!r}: metrics failed ({type(error).__name__}: {error}); "
                           "reported as NaN", UndefinedMetricWarning, stacklevel=2)
             results[cls_name] = {key: math.nan for key in keys}
     results[MEAN_ROW] = {key: _nanmean([results[cls][key] for cls in classes]) for key in keys}
     return results
+
+
+def _class_metrics_on_cpu_if_needed(arguments, pro_mode, keys, cls_name, backend) -> dict:
+    """`class_metrics`, computed again with numpy when the device runs out of memory."""
+    try:
+        return class_metrics(*arguments, pro_mode=pro_mode, keys=keys, cls_name=cls_name, backend=backend)
+    except RuntimeError as error:
+        if backend == "numpy" or not _is_device_out_of_memory(error):
+            raise
+    # Outside the except block, so that the failed attempt's tensors are freed before the cache is released.
+    _release_device_cache()
+    warnings.warn(f"class {cls_name!r}: out of GPU memory for its metrics; computing them on the CPU",
+                  RuntimeWarning, stacklevel=3)
+    return class_metrics(*arguments, pro_mode=pro_mode, keys=keys, cls_name=cls_name, backend="numpy")
 
 
 def _is_device_out_of_memory(error: BaseException) -> bool:

@@ -104,9 +104,11 @@ def device_batches(loader, batch_size: int, device: torch.device):
     for chunk in loader:
         pending.append({key: chunk[key].to(device, non_blocking=True) for key in ("img", "img_mask", "anomaly")})
         count += len(chunk["img"])
-        if count == batch_size:
-            yield {key: torch.cat([part[key] for part in pending]) for key in pending[0]}
-            pending, count = [], 0
+        while count >= batch_size:
+            joined = {key: torch.cat([part[key] for part in pending]) for key in pending[0]}
+            yield {key: values[:batch_size] for key, values in joined.items()}
+            count -= batch_size
+            pending = [{key: values[batch_size:] for key, values in joined.items()}] if count else []
     if pending:
         yield {key: torch.cat([part[key] for part in pending]) for key in pending[0]}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,8 @@ def make_data(root: Path, images: int, side: int) -> Path:
     wanted = {"per_class": per_class, "side": side, "classes": list(CLASSES)}
     if stamp.is_file() and json.loads(stamp.read_text()) == wanted:
         return root
+    if root.exists():  # another size or count: start afresh rather than mix two datasets
+        shutil.rmtree(root)
     make_synthetic_dataset(root, classes=CLASSES, n_normal=per_class // 2, n_anomalous=per_class - per_class // 2,
                            image_size=(side, side), seed=0)
     stamp.write_text(json.dumps(wanted))
@@ -93,6 +96,8 @@ def loading_row(data: Path, image_size: int, batch_size: int, workers: int | Non
     start = time.time()
     for _ in test_script.device_batches(loader, batch_size, torch.device(device)):
         pass
+    if device == "cuda":
+        torch.cuda.synchronize()
     seconds = time.time() - start
     return {"script": f"loading only ({workers} workers)", "precision": "-", "images": len(dataset),
             "seconds": seconds, "wall": seconds, "images_per_second": len(dataset) / seconds,
@@ -125,7 +130,7 @@ def main(argv=None) -> None:
         if test_data is not None:
             rows.append(loading_row(test_data, args.image_size, args.batch_size or (32 if device == "cuda" else 8),
                                     args.num_workers, device))
-            init = work / "init" / "epoch_1.pth"
+            init = work / f"init_{args.arch}_{args.image_size}" / "epoch_1.pth"
             if not init.is_file():
                 run("train.py", "--train_data_path", test_data, "--save_path", init.parent, "--epoch", "1",
                     "--overwrite", *common, *workers)

@@ -161,7 +161,7 @@ def main() -> None:
         workdir = Path(workdir)
         data = synthetic_maps(args.maps, args.size, args.classes, args.seed)
         maps_path = workdir / "maps.npz"
-        np.savez_compressed(maps_path, **data)  # as test.py --save_maps writes it
+        np.savez(maps_path, **data)  # as test.py --save_maps writes it
         print(f"{args.maps} maps of {args.size}x{args.size} in {args.classes} classes, "
               f"{data['gt_masks'].any(axis=(1, 2)).sum()} with defects; saved {maps_path.stat().st_size / 1e6:.0f} MB")
 
@@ -200,7 +200,7 @@ def main() -> None:
                 big["anomaly_maps"].shape, dtype=np.float32))
             for kind, arrays in (("realistic maps", big), ("noise maps, every score distinct", noise)):
                 big_path = workdir / "one_class.npz"
-                np.savez_compressed(big_path, **arrays)
+                np.savez(big_path, **arrays)
                 for pro_mode in metrics.PRO_MODES:
                     seconds, peak = run_cli_with_memory(big_path, workdir / "one_class.json",
                                                         "--pro_mode", pro_mode)

@@ -1,7 +1,7 @@
 """How far `--precision bf16|fp16` moves anomaly maps and image scores from fp32.
 
-Two models: the reference fixture (tiny CLIP with the authors' init.pth, its 8 images)
-and a full-size, randomly initialised ViT-L/14@336 at 518 px on synthetic images.
+Two models: the reference fixture (tiny CLIP with the authors' init.pth and trained.pth,
+its 8 images) and a full-size, randomly initialised ViT-L/14@336 at 518 px on synthetic images.
 Runs on the GPU when there is one, else on the CPU (slow for the full-size model: use
 --images to keep it short).
 
@@ -55,11 +55,13 @@ def main(argv=None) -> None:
     precisions = [p for p in args.precisions if device.type == "cuda" or p == "bf16"]  # fp16 autocast needs CUDA
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}")
 
-    tiny = ViP2CLIP(load_clip(str(FIXTURE / "clip_tiny.npz")), ViP2Config(image_size=126, features_list=(1, 2, 3, 4)))
-    load_weights(tiny, read_checkpoint(FIXTURE / "init.pth"), FIXTURE / "init.pth")
     dataset = AnomalyDataset(FIXTURE / "data", 126)
     images = torch.stack([dataset[i]["img"] for i in range(len(dataset))])
-    report("fixture (tiny CLIP, init.pth)", tiny.to(device).eval(), images, precisions, device)
+    for checkpoint in ("init.pth", "trained.pth"):
+        tiny = ViP2CLIP(load_clip(str(FIXTURE / "clip_tiny.npz")),
+                        ViP2Config(image_size=126, features_list=(1, 2, 3, 4)))
+        load_weights(tiny, read_checkpoint(FIXTURE / checkpoint), FIXTURE / checkpoint)
+        report(f"fixture (tiny CLIP, {checkpoint})", tiny.to(device).eval(), images, precisions, device)
     if args.skip_full:
         return
     with tempfile.TemporaryDirectory() as folder:

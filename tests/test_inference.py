@@ -29,12 +29,16 @@ def test_loader_chunk_divides_the_batch_and_spreads_it_over_workers(batch_size, 
     assert test_script.loader_chunk(batch_size, workers) == chunk
 
 
-def test_device_batches_rejoin_chunks_in_order():
-    chunks = [{"img": torch.arange(i, i + 2)[:, None].float(), "img_mask": torch.zeros(2, 1, dtype=torch.uint8),
-               "anomaly": torch.arange(i, i + 2)} for i in range(0, 10, 2)]
-    batches = list(test_script.device_batches(chunks, 4, torch.device("cpu")))
-    assert [len(b["img"]) for b in batches] == [4, 4, 2]
+@pytest.mark.parametrize(("chunk", "batch_size", "sizes"), [(2, 4, [4, 4, 2]), (3, 4, [4, 4, 2]), (5, 2, [2] * 5),
+                                                             (1, 16, [10])])
+def test_device_batches_rejoin_chunks_in_order(chunk, batch_size, sizes):
+    chunks = [{"img": torch.arange(i, min(i + chunk, 10))[:, None].float(),
+               "img_mask": torch.zeros(min(chunk, 10 - i), 1, dtype=torch.uint8),
+               "anomaly": torch.arange(i, min(i + chunk, 10))} for i in range(0, 10, chunk)]
+    batches = list(test_script.device_batches(chunks, batch_size, torch.device("cpu")))
+    assert [len(b["img"]) for b in batches] == sizes
     assert torch.cat([b["anomaly"] for b in batches]).tolist() == list(range(10))
+    assert torch.cat([b["img"][:, 0] for b in batches]).tolist() == list(range(10))
 
 
 def test_predict_with_loader_processes_matches_single_process(tiny_clip, tmp_path):
@@ -63,3 +67,5 @@ def test_uint8_images_normalised_later_equal_images_normalised_at_load(tmp_path)
     assert raw[0]["img"].dtype == torch.uint8 and normalized[0]["img"].dtype == torch.float32
     torch.testing.assert_close(normalize_images(torch.stack([raw[0]["img"], raw[1]["img"]])),
                                torch.stack([normalized[0]["img"], normalized[1]["img"]]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="expects uint8 images"):
+        normalize_images(normalized[0]["img"])

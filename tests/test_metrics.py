@@ -334,6 +334,23 @@ def test_a_class_out_of_gpu_memory_is_scored_on_the_cpu(monkeypatch):
     assert_matches(results["c"], real(maps, masks, scores, labels), tolerance=0)
 
 
+def test_a_class_that_cannot_even_be_gathered_is_nan_and_the_others_are_scored(monkeypatch):
+    maps, masks, scores, labels = synthetic_class(43, n_images=6)
+    cls_names = ["a", "b", "a", "b", "a", "b"]
+    real_take = metrics._take
+
+    def take(values, index):
+        if index.tolist() == [1, 3, 5]:
+            raise MemoryError("no room to gather class b")
+        return real_take(values, index)
+
+    monkeypatch.setattr(metrics, "_take", take)
+    with pytest.warns(metrics.UndefinedMetricWarning, match="class 'b': metrics failed .*no room"):
+        results = metrics.evaluate(maps, masks, scores, labels, cls_names)
+    assert all(math.isnan(value) for value in results["b"].values())
+    assert not any(math.isnan(value) for value in results["a"].values())
+
+
 def test_table_layout():
     results = {"bottle": dict(zip(metrics.METRIC_KEYS, [0.9, 0.5, 0.4, 0.8, 0.95, 0.97, -0.0]))}
     results["mean"] = dict(results["bottle"])
