@@ -15,6 +15,7 @@ converted to RGB, as the reference does.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -183,9 +184,15 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8:  # normalising twice would run silently and shift every value
         raise ValueError(f"normalize_images expects uint8 images, got {images.dtype}: "
                          "read them with AnomalyDataset(..., normalize=False) or read_image")
-    mean = torch.tensor(CLIP_MEAN, device=images.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=images.device).view(3, 1, 1)
+    mean, std = _clip_statistics(str(images.device))
     return (images.float().div(255) - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def _clip_statistics(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std as `[3, 1, 1]` tensors, made once per device: building them per batch
+    would copy from host memory and wait for the GPU each time."""
+    return (torch.tensor(CLIP_MEAN, device=device).view(3, 1, 1), torch.tensor(CLIP_STD, device=device).view(3, 1, 1))
 
 
 def load_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
