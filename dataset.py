@@ -1,55 +1,48 @@
-"""Datasets described by a `meta.json` (SPEC §10), preprocessed exactly as the reference (SPEC §7).
+"""Datasets described by a meta file (SPEC §10, SPEC_VCP §11), read exactly as both references read them.
 
-Bad input is caught here, before any model work: a missing or unreadable file, a mask
-whose size differs from its image and an empty class each get an error or warning that
-names the file and the fix. Image modes the reference mishandles are converted first
-(documented in README.md, section 'Input images'):
+A dataset root holds `meta.json` (written by `python -m generate_dataset_json`) or, in the
+VCP-CLIP authors' layout, `meta_<dataset>.json` beside the `<dataset>/` folder; paths in
+it are relative to the root. Images are decoded, resized to S×S with PIL's bicubic and
+returned as uint8 RGB (the model normalises them); masks are binarised, resized
+bilinearly and thresholded at 0.5 (SPEC §7, SPEC_VCP §8).
+
+Bad input is caught before any model work: every item of the meta file is checked
+(files that exist and are files, labels, a normal item carrying a mask, duplicates,
+items filed under another class's folder, image and mask sizes) and all problems are
+reported at once, each naming the item and the fix. Image modes the reference mishandles
+are converted first (README, 'Input images'):
 
 * palette (`P`, `PA`) and 1-bit images → RGB before resizing (PIL would resize them with
   nearest-neighbour interpolation);
-* 16-bit and 32-bit integer images → 8 bit by dividing by 257 (the full 16-bit range
-  maps onto 0…255); float images are clipped to 0…255.
-
-RGB, grayscale (`L`), `LA`, `RGBA` and `CMYK` are resized in their own mode and then
-converted to RGB, as the reference does.
+* 16-bit and 32-bit integer images → 8 bit by dividing by 257; float images are clipped.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
+import random
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from utils import DatasetError
+
 META_FILE = "meta.json"
 SPLITS = ("train", "test")
-ITEM_KEYS = ("img_path", "mask_path", "cls_name", "specie_name", "anomaly")
+MAX_LISTED = 10
 
-log = logging.getLogger("vip2.dataset")  # under the scripts' logger, so warnings reach log.txt too
-# meta.json labels accepted (True/False and 0.0/1.0 compare equal to 1/0, so they match too)
+log = logging.getLogger("zsas.dataset")  # under the scripts' logger, so warnings reach log.txt too
+# Labels accepted (True/False and 0.0/1.0 compare equal to 1/0, so they match too)
 LABELS = {0: 0, 1: 1, "0": 0, "1": 1, "false": 0, "true": 1, "normal": 0, "anomaly": 1}
-
-
-class DatasetError(ValueError):
-    """Input data that cannot be used as it is; the message names the file and what to do."""
-
-    def __init__(self, message: str):
-        # Raised in a DataLoader worker, it comes back wrapped in the worker's traceback: keep the message.
-        if "Original Traceback" in message:
-            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
 class Sample:
-    img_path: str  # relative to the dataset root, as written in meta.json
+    img_path: str  # relative to the dataset root, as written in the meta file
     mask_path: str
     cls_name: str
     anomaly: int
@@ -59,14 +52,32 @@ def _regenerate_hint(root: Path) -> str:
     return f"regenerate it with `python -m generate_dataset_json NAME --root {root}`"
 
 
-def read_meta(root: str | os.PathLike, meta_path: str | os.PathLike | None = None) -> dict:
-    """Load and check `meta.json` (default: `ROOT/meta.json`)."""
+def meta_path_for(root: str | os.PathLike, dataset: str | None = None) -> Path:
+    """The meta file of a root: `meta_<dataset>.json` (the VCP-CLIP authors' layout) when `dataset`
+    names one that exists, else `meta.json`, else the root's only `meta_*.json`."""
     root = Path(root)
-    path = Path(meta_path) if meta_path else root / META_FILE
+    if dataset and (root / f"meta_{dataset}.json").is_file():
+        return root / f"meta_{dataset}.json"
+    if (root / META_FILE).is_file() or dataset:
+        return root / META_FILE
+    candidates = sorted(root.glob("meta_*.json")) if root.is_dir() else []
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise DatasetError(f"{root} holds several meta files ({names}) and no meta.json: pass --dataset NAME "
+                           "to pick meta_NAME.json")
+    return candidates[0] if candidates else root / META_FILE
+
+
+def read_meta(root: str | os.PathLike, meta_path: str | os.PathLike | None = None,
+              dataset: str | None = None) -> tuple[dict, Path]:
+    """Load and check the meta file (default: `meta_path_for(root, dataset)`); returns it and its path."""
+    root = Path(root)
+    path = Path(meta_path) if meta_path else meta_path_for(root, dataset)
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder; check --data_path / --train_data_path")
     if not path.is_file():
-        raise DatasetError(f"{path} not found: {_regenerate_hint(root)}")
+        also = f" (nor {root / f'meta_{dataset}.json'})" if dataset and not meta_path else ""
+        raise DatasetError(f"{path} not found{also}: {_regenerate_hint(root)}")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -74,42 +85,78 @@ def read_meta(root: str | os.PathLike, meta_path: str | os.PathLike | None = Non
     if not isinstance(meta, dict) or not any(isinstance(meta.get(split), dict) for split in SPLITS):
         raise DatasetError(f"{path} must hold {{'train': {{class: [items]}}, 'test': {{...}}}}; "
                            f"{_regenerate_hint(root)}")
-    return meta
+    return meta, path
 
 
-def samples_from_meta(meta: dict, split: str, root: Path, meta_name: str = META_FILE) -> list[Sample]:
-    """Flatten one split in class order (the keys of meta.json), skipping empty classes with a warning."""
+def _label(value) -> int | None:
+    key = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(key, bool) or isinstance(key, (str, int, float)):
+        return LABELS.get(key)
+    return None
+
+
+def samples_from_meta(meta: dict, split: str, root: Path, meta_path: Path) -> list[Sample]:
+    """One split in class order (the meta file's keys), empty classes skipped with a warning, and every
+    item checked; all problems found are reported in one error."""
     classes = meta.get(split)
     if not isinstance(classes, dict) or not classes:
-        raise DatasetError(f"{root / meta_name} has no '{split}' split with classes; {_regenerate_hint(root)}")
-    samples = []
+        raise DatasetError(f"{meta_path} has no '{split}' split with classes; {_regenerate_hint(root)}")
+    samples, problems, seen = [], [], {}
+    class_folders = set(classes)
     for cls_name, items in classes.items():
         if not items:
-            log.warning("class %r of the %s split in %s has no images: skipped", cls_name, split, root / meta_name)
+            log.warning("class %r of the %s split in %s has no images: skipped", cls_name, split, meta_path)
+            continue
+        if not isinstance(items, list):
+            problems.append(f"class {cls_name!r}: expected a list of items, got {type(items).__name__}")
             continue
         for item in items:
-            missing = [key for key in ("img_path", "anomaly") if key not in item]
-            if missing:
-                raise DatasetError(f"{root / meta_name}: an item of class {cls_name!r} lacks {missing}: {item}")
-            samples.append(Sample(item["img_path"], item.get("mask_path") or "", str(item.get("cls_name", cls_name)),
-                                  _label(item, root / meta_name)))
+            problem = _item_problem(item, cls_name, class_folders)
+            if problem:
+                problems.append(problem)
+                continue
+            sample = Sample(item["img_path"], item.get("mask_path") or "", str(cls_name), _label(item["anomaly"]))
+            if sample.img_path in seen:
+                problems.append(f"{sample.img_path!r} is listed twice (classes {seen[sample.img_path]!r} and "
+                                f"{cls_name!r}): remove one")
+                continue
+            seen[sample.img_path] = cls_name
+            samples.append(sample)
+    if problems:
+        raise DatasetError(_problem_report(len(problems), problems, meta_path,
+                                           f"fix the items or {_regenerate_hint(root)}"))
     if not samples:
-        raise DatasetError(f"{root / meta_name}: the '{split}' split has no images at all")
+        raise DatasetError(f"{meta_path}: the '{split}' split has no images at all")
     return samples
 
 
-def _label(item: dict, meta_path: Path) -> int:
-    value = item["anomaly"]
-    key = value.strip().lower() if isinstance(value, str) else value
-    if not isinstance(key, (str, int, float)) or key not in LABELS:
-        raise DatasetError(f"{meta_path}: item {item.get('img_path')!r} has anomaly={value!r}; "
-                           "use 0 (normal) or 1 (anomalous)")
-    return LABELS[key]
+def _item_problem(item, cls_name: str, class_folders: set[str]) -> str | None:
+    """What is wrong with one meta item on its own, or None."""
+    if not isinstance(item, dict):
+        return f"class {cls_name!r}: an item is a {type(item).__name__}, not an object: {item!r}"
+    missing = [key for key in ("img_path", "anomaly") if key not in item]
+    if missing:
+        return f"an item of class {cls_name!r} lacks {missing}: {item}"
+    where = f"item {item['img_path']!r} (class {cls_name!r})"
+    label = _label(item["anomaly"])
+    if label is None:
+        return f"{where} has anomaly={item['anomaly']!r}; use 0 (normal) or 1 (anomalous)"
+    if label == 0 and item.get("mask_path"):
+        return (f"{where} is normal (anomaly 0) but names the mask {item['mask_path']!r}: set anomaly to 1 if "
+                "it is defective, or clear its mask_path")
+    if "cls_name" in item and str(item["cls_name"]) != str(cls_name):
+        return f"{where} says cls_name {item['cls_name']!r}: move it under that class or fix the field"
+    folders = set(PurePosixPath(str(item["img_path"])).parts[:-1])
+    others = sorted((folders & class_folders) - {cls_name})
+    if others and cls_name not in folders:
+        return f"{where} lies in the folder of class {others[0]!r}: is it filed under the wrong class?"
+    return None
 
 
-def _listing(paths: list[str], root: Path) -> str:
-    listed = "\n  ".join(str(root / p) for p in paths[:10])
-    return listed + (f"\n  … and {len(paths) - 10} more" if len(paths) > 10 else "")
+def _problem_report(count: int, problems: list[str], where: Path, fix: str) -> str:
+    listed = "\n  ".join(problems[:MAX_LISTED])
+    more = f"\n  … and {count - MAX_LISTED} more" if count > MAX_LISTED else ""
+    return f"{count} problem(s) with the items of {where}:\n  {listed}{more}\n{fix[:1].upper()}{fix[1:]}"
 
 
 def _header_size(path: Path) -> tuple[int, int] | str:
@@ -121,30 +168,33 @@ def _header_size(path: Path) -> tuple[int, int] | str:
         return str(error)
 
 
-def check_files(samples: list[Sample], root: Path) -> None:
-    """Fail before any model work if meta.json names files that are missing, unreadable, or masks
-    whose size differs from their image's."""
-    missing = [s.img_path for s in samples if not (root / s.img_path).is_file()]
-    missing += [s.mask_path for s in samples if s.mask_path and not (root / s.mask_path).exists()]
-    if missing:
-        raise DatasetError(f"{len(missing)} file(s) named in {root / META_FILE} do not exist:\n  "
-                           f"{_listing(missing, root)}\nCheck the dataset root, or {_regenerate_hint(root)}")
+def check_files(samples: list[Sample], root: Path, meta_path: Path) -> None:
+    """Fail before any model work if the meta file names paths that are missing, not files, unreadable,
+    or masks whose size differs from their image's; every problem in one error."""
     problems = []
     for sample in samples:
-        size = _header_size(root / sample.img_path)
-        if isinstance(size, str):
-            problems.append(f"cannot read image {root / sample.img_path}: {size}")
-        elif sample.mask_path and (root / sample.mask_path).is_file():
-            mask_size = _header_size(root / sample.mask_path)
-            if isinstance(mask_size, str):
-                problems.append(f"cannot read mask {root / sample.mask_path}: {mask_size}")
-            elif mask_size != size:
-                problems.append(f"mask {root / sample.mask_path} is {mask_size[0]}x{mask_size[1]} but its image "
-                                f"{root / sample.img_path} is {size[0]}x{size[1]}")
+        for kind, relative in (("image", sample.img_path), ("mask", sample.mask_path)):
+            path = root / relative
+            if relative and not path.exists():
+                problems.append(f"{kind} {path} does not exist")
+            elif relative and not path.is_file():
+                problems.append(f"{kind} {path} is a folder, not a file")
+    if not problems:
+        for sample in samples:
+            size = _header_size(root / sample.img_path)
+            if isinstance(size, str):
+                problems.append(f"cannot read image {root / sample.img_path}: {size}")
+            elif sample.mask_path:
+                mask_size = _header_size(root / sample.mask_path)
+                if isinstance(mask_size, str):
+                    problems.append(f"cannot read mask {root / sample.mask_path}: {mask_size}")
+                elif mask_size != size:
+                    problems.append(f"mask {root / sample.mask_path} is {mask_size[0]}x{mask_size[1]} but its "
+                                    f"image {root / sample.img_path} is {size[0]}x{size[1]}")
     if problems:
-        listed = "\n  ".join(problems[:10]) + (f"\n  … and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise DatasetError(f"{len(problems)} problem(s) with the files named in {root / META_FILE}:\n  {listed}\n"
-                           "Re-download the files, fix the masks, or remove the items from meta.json")
+        raise DatasetError(_problem_report(len(problems), problems, meta_path,
+                                           "check the dataset root, re-download the files, fix the masks, or "
+                                           f"remove the items from {meta_path.name}"))
 
 
 def _open(path: Path) -> Image.Image:
@@ -152,7 +202,8 @@ def _open(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"cannot read image {path}: {error}. Re-download or remove it from meta.json") from error
+        raise DatasetError(f"cannot read image {path}: {error}. Re-download or remove it from the meta file") \
+            from error
     return image
 
 
@@ -168,37 +219,16 @@ def to_8bit_mode(image: Image.Image) -> Image.Image:
     return image
 
 
-def read_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Resize((S, S), bicubic) → RGB: `[3, S, S]` uint8, and the original size."""
-    image = to_8bit_mode(_open(path))
-    original_size = image.size
+def resize_image(image: Image.Image, size: int) -> torch.Tensor:
+    """Resize((S, S), bicubic) → RGB → `[3, S, S]` uint8: the pixels every model and export sees."""
     image = image.resize((size, size), Image.BICUBIC).convert("RGB")
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1), original_size
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 `[..., 3, S, S]` → [0, 1] → CLIP normalisation, float32, on the images' device.
-
-    The scripts move uint8 images to the GPU and normalise them there: a quarter of the
-    bytes through the loader's shared memory and the host-to-device copy, same values."""
-    if images.dtype != torch.uint8:  # normalising twice would run silently and shift every value
-        raise ValueError(f"normalize_images expects uint8 images, got {images.dtype}: "
-                         "read them with AnomalyDataset(..., normalize=False) or read_image")
-    mean, std = _clip_statistics(str(images.device))
-    return (images.float().div(255) - mean) / std
-
-
-@functools.lru_cache(maxsize=None)
-def _clip_statistics(device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP's mean and std as `[3, 1, 1]` tensors, made once per device: building them per batch
-    would copy from host memory and wait for the GPU each time."""
-    return (torch.tensor(CLIP_MEAN, device=device).view(3, 1, 1), torch.tensor(CLIP_STD, device=device).view(3, 1, 1))
-
-
-def load_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """`read_image` then `normalize_images`: `[3, S, S]` float32, and the original size."""
-    image, original_size = read_image(path, size)
-    return normalize_images(image), original_size
+def read_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file as the model's uint8 `[3, S, S]` input, and its original size."""
+    image = to_8bit_mode(_open(path))
+    return resize_image(image, size), image.size
 
 
 def anomalous_pixels(mask: Image.Image) -> np.ndarray:
@@ -219,52 +249,80 @@ def anomalous_pixels(mask: Image.Image) -> np.ndarray:
     return np.asarray(mask.convert("L")) > 0
 
 
-def load_mask(path: Path, size: int, image_size: tuple[int, int], image_path: Path) -> torch.Tensor:
-    """Binary mask `[S, S]` (uint8): any non-zero pixel is anomalous, resized bilinearly, then > 0.5."""
+def read_mask(path: Path, image_size: tuple[int, int], image_path: Path) -> np.ndarray:
+    """A mask file as a boolean array of its image's size."""
     mask = _open(path)
     if mask.size != image_size:
         raise DatasetError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} is "
-                           f"{image_size[0]}x{image_size[1]}: fix the pairing in meta.json or the mask file")
-    binary = anomalous_pixels(mask)
+                           f"{image_size[0]}x{image_size[1]}: fix the pairing in the meta file or the mask file")
+    return anomalous_pixels(mask)
+
+
+def resize_mask(binary: np.ndarray, size: int) -> torch.Tensor:
+    """Boolean mask → 0/255 → Resize((S, S)) bilinear → > 0.5: `[S, S]` uint8 in {0, 1}."""
     resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((size, size), Image.BILINEAR)
     return torch.from_numpy((np.asarray(resized, dtype=np.float32) / 255.0 > 0.5).astype(np.uint8))
 
 
-class AnomalyDataset(torch.utils.data.Dataset):
-    """One split of a meta.json dataset; items are dicts the default collate can batch."""
+def load_mask(path: Path, size: int, image_size: tuple[int, int], image_path: Path) -> torch.Tensor:
+    """A mask file at the model's size, `[S, S]` uint8 in {0, 1}."""
+    return resize_mask(read_mask(path, image_size, image_path), size)
 
-    def __init__(self, root: str | os.PathLike, image_size: int, split: str = "test",
-                 meta_path: str | os.PathLike | None = None, classes: list[str] | None = None,
-                 normalize: bool = True):
+
+class AnomalyDataset(torch.utils.data.Dataset):
+    """One split of a meta-file dataset; items are dicts the default collate can batch.
+
+    `augmentation` (training only, `augment.Augmentation`) is applied to the decoded image and
+    mask before the resize."""
+
+    def __init__(self, root: str | os.PathLike, image_size: int, split: str = "test", *, dataset: str | None = None,
+                 meta_path: str | os.PathLike | None = None, augmentation=None):
         self.root = Path(root)
         self.image_size = image_size
-        self.normalize = normalize  # False: `img` is uint8, for `normalize_images` on the GPU
-        samples = samples_from_meta(read_meta(self.root, meta_path), split, self.root)
-        if classes:
-            unknown = sorted(set(classes) - {s.cls_name for s in samples})
-            if unknown:
-                raise DatasetError(f"classes {unknown} are not in {self.root / META_FILE}")
-            samples = [s for s in samples if s.cls_name in set(classes)]
-        check_files(samples, self.root)
-        self.samples = samples
+        self.augmentation = augmentation
+        meta, self.meta_path = read_meta(self.root, meta_path, dataset)
+        self.samples = samples_from_meta(meta, split, self.root, self.meta_path)
+        check_files(self.samples, self.root, self.meta_path)
+        self._anomalous_of_class: dict[str, list[int]] = {}
+        for index, sample in enumerate(self.samples):
+            if sample.anomaly:
+                self._anomalous_of_class.setdefault(sample.cls_name, []).append(index)
 
     @property
     def class_names(self) -> list[str]:
         return list(dict.fromkeys(s.cls_name for s in self.samples))
 
+    @property
+    def anomalous_count(self) -> int:
+        return sum(s.anomaly for s in self.samples)
+
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _decode(self, sample: Sample) -> tuple[Image.Image, np.ndarray]:
+        """The image (in its own mode, 8 bit) and its boolean mask at the image's size."""
+        image_path = self.root / sample.img_path
+        image = to_8bit_mode(_open(image_path))
+        if sample.anomaly and sample.mask_path:
+            mask = read_mask(self.root / sample.mask_path, image.size, image_path)
+            if not mask.any():
+                log.warning("mask %s of anomalous image %s marks no pixel: its pixel metrics see only normal "
+                            "pixels", self.root / sample.mask_path, image_path)
+        else:  # a normal image, or an image-level dataset: all-zero mask
+            mask = np.zeros((image.size[1], image.size[0]), dtype=bool)
+        return image, mask
+
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        image_path = self.root / sample.img_path
-        image, original_size = (load_image if self.normalize else read_image)(image_path, self.image_size)
-        if sample.mask_path and (self.root / sample.mask_path).is_file():
-            mask = load_mask(self.root / sample.mask_path, self.image_size, original_size, image_path)
-            if sample.anomaly and not mask.any():
-                log.warning("mask %s of anomalous image %s marks no pixel at %d px: its pixel metrics see "
-                            "only normal pixels", self.root / sample.mask_path, image_path, self.image_size)
-        else:  # normal image, image-level dataset, or a mask folder as in the reference: all-zero mask
-            mask = torch.zeros(self.image_size, self.image_size, dtype=torch.uint8)
-        return {"img": image, "img_mask": mask, "anomaly": sample.anomaly, "cls_name": sample.cls_name,
-                "img_path": sample.img_path, "index": index}
+        image, mask = self._decode(sample)
+        augmentation = self.augmentation
+        if augmentation is not None:
+            if augmentation.mosaic_rate > 0 and augmentation.wants_mosaic() and self._anomalous_of_class.get(
+                    sample.cls_name):
+                from augment import mosaic
+
+                picks = [self.samples[random.choice(self._anomalous_of_class[sample.cls_name])] for _ in range(4)]
+                image, mask = mosaic(*zip(*(self._decode(pick) for pick in picks)))
+            image, mask = augmentation.photometric(image, mask)
+        return {"img": resize_image(image, self.image_size), "img_mask": resize_mask(mask, self.image_size),
+                "anomaly": sample.anomaly, "cls_name": sample.cls_name, "img_path": sample.img_path, "index": index}

@@ -1,7 +1,8 @@
-"""Run ViP²-CLIP on your own images: a heat-map overlay per image and one scores.csv.
+"""Run a trained model on your own images: a heat-map overlay per image and one scores.csv.
 
-    python predict.py photos/ more/*.jpg one.png --checkpoint_path checkpoints/mvtec_train_epoch_10.pth \
+    python predict.py photos/ "more/*.jpg" one.png --checkpoint_path checkpoints/mvtec_train/epoch_10.pth \
         --clip_weights ViT-L-14-336px.pt --out predictions/
+    python predict.py photos/ --model vcp --checkpoint_path train_visa.pth --out predictions/
 
 Zero-shot: no class name and no mask are needed. PATH may be an image file, a folder
 (searched recursively for image files, extensions case-insensitive) or a glob (quote
@@ -13,8 +14,11 @@ mirroring the input folders below their common parent:
     scores.csv      path, image score, max pixel score, overlay (and map) file, one row per image
     log.txt         the run's log, including every file skipped and why
 
-Files that cannot be read are reported (one line each) and skipped; the exit status is
-non-zero only when no image at all could be processed.
+VCP-CLIP normalises maps and scores over the evaluated set (its reference does it per
+class): here the set is every image of the run, and scores.csv also gives the score
+before that step (`raw_score`). Files that cannot be read are reported (one line each)
+and skipped; the exit status is non-zero only when no image at all could be processed.
+An --out folder holding an earlier run's scores.csv is refused (`--overwrite`).
 """
 from __future__ import annotations
 
@@ -28,60 +32,53 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-import visualization
-from dataset import DatasetError, load_image
-from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
-from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
-from models.clip_loader import CLIP_WEIGHTS_HELP
-from models.config import add_setting_overrides, setting_overrides
-from utils import (
-    PRECISIONS,
-    atomic_write_bytes,
-    autocast,
-    configure_precision,
-    default_workers,
-    gaussian_blur,
-    non_negative_float,
-    non_negative_int,
-    positive_int,
-    resolve_device,
-    setup_logger,
-)
+from utils import DatasetError
+from models import get_method
+from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
+from runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from utils import OutputError, atomic_write_bytes, check_output_folder, non_negative_int, positive_int
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SCORES_FILE = "scores.csv"
-SCORE_COLUMNS = ("path", "image_score", "max_pixel_score", "overlay", "map")
+SCORE_COLUMNS = ("path", "image_score", "raw_score", "max_pixel_score", "overlay", "map")
 GLOB_CHARACTERS = frozenset("*?[")
 MAX_DEFAULT_WORKERS = 4  # decoding keeps up with the model well before that
 # Per-file failures that mean "this file is not a readable image"; anything else is a bug and propagates.
 UNREADABLE = (DatasetError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method_name: str) -> argparse.ArgumentParser:
+    method = get_method(method_name)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_method_flag(parser, method_name)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for overlays, maps, scores.csv, log.txt")
     parser.add_argument("--save_raw", action="store_true", help="also write each map as NAME.npy (float32 [S, S])")
     parser.add_argument("--color_scale", choices=("fixed", "image"), default="fixed",
                         help="overlay colours: fixed [0, 1] (comparable across images), or each map's own min-max")
-    parser.add_argument("--sigma", type=non_negative_float, default=SMOOTHING_SIGMA,
-                        help="sigma of the Gaussian smoothing of the maps, in pixels (0: none), as in test.py")
-    model = parser.add_argument_group("model (settings a train.py checkpoint records are read from it)")
-    model.add_argument("--checkpoint_path", required=True, help="ICA/FGP weights: train.py's epoch_{n}.pth or a released file")
-    model.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)
-    add_setting_overrides(model)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier run's scores.csv and overlays in --out (refused otherwise)")
+    model = parser.add_argument_group(f"model ({method.title}; settings a train.py checkpoint records are read "
+                                      "from it)")
+    model.add_argument("--checkpoint_path", required=True,
+                       help="train.py's epoch_{n}.pth or one of the authors' released files")
+    model.add_argument("--clip_weights", default="openai",
+                       help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    add_setting_flags(model, method.config, "test")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    run.add_argument("--precision", choices=PRECISIONS, default="fp32", help="backbone and heads precision")
-    run.add_argument("--batch_size", type=positive_int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
+    run.add_argument("--device", default="auto", help=DEVICE_HELP)
+    run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    run.add_argument("--batch_size", type=positive_int, default=None,
+                     help="images per forward pass (default 32 on GPU, 8 on CPU)")
     run.add_argument("--num_workers", type=non_negative_int, default=None,
                      help="image-loading processes (default: 0 on CPU, up to 4 with a GPU)")
     return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser(method_from_argv(argv)).parse_args(argv)
 
 
 # ---------------------------------------------------------------- inputs
@@ -149,6 +146,8 @@ def output_names(paths: list[Path]) -> list[str]:
 
     Two inputs that differ only by extension (`x.png`, `x.jpg`) get `x` and `x_2`.
     """
+    import visualization
+
     if not paths:
         return []
     resolved = [p.resolve() for p in paths]
@@ -171,7 +170,7 @@ def check_no_overwrite(items: list[InputImage], out_dir: Path) -> None:
                                  f"choose an output folder outside the input folders")
 
 
-class ImageFiles(torch.utils.data.Dataset):
+class ImageFiles:
     """Loads each file with the dataset's preprocessing; a failure becomes a message, not an exception."""
 
     def __init__(self, paths: list[Path], size: int):
@@ -181,8 +180,10 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        from dataset import read_image
+
         try:
-            image, _ = load_image(self.paths[index], self.size)
+            image, _ = read_image(self.paths[index], self.size)
             return index, image, None
         except UNREADABLE as error:
             cause = error.__cause__ or error
@@ -191,6 +192,8 @@ class ImageFiles(torch.utils.data.Dataset):
 
 def collate(items):
     """Readable images stacked into one batch; unreadable ones passed on as (index, reason)."""
+    import torch
+
     good = [(index, image) for index, image, _ in items if image is not None]
     failed = [(index, reason) for index, _, reason in items if reason is not None]
     indices = [index for index, _ in good]
@@ -208,21 +211,15 @@ def write_scores(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, buffer.getvalue().encode())
 
 
-def build_model(args, device: torch.device) -> ViP2CLIP:
-    checkpoint = read_checkpoint(args.checkpoint_path)
-    config = resolve_config(checkpoint, args.checkpoint_path, setting_overrides(args))
-    model = ViP2CLIP(load_clip(args.clip_weights), config)
-    load_weights(model, checkpoint, args.checkpoint_path)
-    return model.to(device).eval()
-
-
-def save_outputs(image: torch.Tensor, anomaly_map: torch.Tensor, score: float, item: InputImage, out_dir: Path,
-                 args) -> dict:
+def save_outputs(image, anomaly_map, score: float, raw_score: float, item: InputImage,
+                 out_dir: Path, args) -> dict:
     """Overlay (and map) of one image; returns its scores.csv row."""
+    import visualization
+
     anomaly_map = anomaly_map.float().cpu().numpy()
     limits = visualization.value_range(anomaly_map, "fixed" if args.color_scale == "fixed" else "data")
     overlay = f"{item.name}.png"
-    png = visualization.render_overlay(visualization.denormalize(image), anomaly_map, limits=limits,
+    png = visualization.render_overlay(visualization.to_display(image), anomaly_map, limits=limits,
                                        title=f"image score {score:.3f} · max pixel {anomaly_map.max():.3f}")
     visualization.write_png(out_dir / overlay, png)
     map_file = ""
@@ -231,28 +228,52 @@ def save_outputs(image: torch.Tensor, anomaly_map: torch.Tensor, score: float, i
         buffer = io.BytesIO()
         np.save(buffer, anomaly_map.astype(np.float32))
         atomic_write_bytes(out_dir / map_file, buffer.getvalue())
-    return {"path": str(item.path), "image_score": f"{score:.6f}", "max_pixel_score": f"{anomaly_map.max():.6f}",
-            "overlay": overlay, "map": map_file}
+    return {"path": str(item.path), "image_score": f"{score:.6f}", "raw_score": f"{raw_score:.6f}",
+            "max_pixel_score": f"{anomaly_map.max():.6f}", "overlay": overlay, "map": map_file}
 
 
-@torch.inference_mode()
+def check_out(out_dir: Path, overwrite: bool) -> None:
+    """Never mix two runs' files: an --out holding an earlier run's scores.csv is refused."""
+    check_output_folder(out_dir, "--out")
+    if (out_dir / SCORES_FILE).exists() and not overwrite:
+        raise OutputError(f"--out {out_dir} already holds an earlier run's {SCORES_FILE}; choose another folder, or "
+                          "pass --overwrite to replace its files")
+
+
 def main(argv=None) -> int:
     """Returns the number of images processed (test-friendly); `run_cli` turns it into the exit status."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
+    import torch
+
+    with torch.inference_mode():
+        return _main(args)
+
+
+def _main(args) -> int:
+    import torch
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from models import create_model
+    from runtime import autocast, configure_precision, default_workers, resolve_device
+    from utils import setup_logger
+
+    method = get_method(args.model)
     out_dir = Path(args.out)
-    logger = setup_logger("vip2.predict", out_dir)
+    check_out(out_dir, args.overwrite)
     paths, unmatched = find_images(args.paths, out_dir)
-    for argument in unmatched:
-        logger.warning("no image found for %s (not a file, a folder with images, or a matching glob)", argument)
     if not paths:
-        logger.error("nothing to do: no image files in %s", " ".join(args.paths))
-        return 0
+        raise OutputError(f"nothing to do: no image files in {' '.join(args.paths)}")
     items = [InputImage(path, name) for path, name in zip(paths, output_names(paths))]
     check_no_overwrite(items, out_dir)
     device = resolve_device(args.device)
     configure_precision(args.precision)
-    model = build_model(args, device)
-    size = model.config.image_size
+    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=args.checkpoint_path,
+                         device=device, **values_from_args(args, method.config))
+    logger = setup_logger("zsas.predict", out_dir)
+    for argument in unmatched:
+        logger.warning("no image found for %s (not a file, a folder with images, or a matching glob)", argument)
+    size = model.image_size
     batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
     workers = args.num_workers
     if workers is None:  # on a CPU the model needs every core; decoding in parallel pays off only beside a GPU
@@ -261,10 +282,16 @@ def main(argv=None) -> int:
         workers = 0
     loader = torch.utils.data.DataLoader(ImageFiles(paths, size), batch_size=batch_size, shuffle=False,
                                          num_workers=workers, collate_fn=collate)
-    logger.info("predicting %d image(s) at %dx%d on %s, precision %s; outputs in %s", len(paths), size, size,
-                device, args.precision, out_dir)
+    logger.info("predicting %d image(s) with %s at %dx%d on %s, precision %s; outputs in %s", len(paths),
+                method.title, size, size, device, args.precision, out_dir)
+    # A method that normalises over the evaluated set (VCP-CLIP) needs every map before drawing any.
+    over_set = model.set_normalization
+    if over_set and len(paths) < 2:
+        logger.warning("%s normalises maps and scores over the images of a run; with one image its normalised "
+                       "score is undefined (NaN): see raw_score, and --color_scale image for the overlay",
+                       method.title)
 
-    rows, skipped = [], 0
+    rows, skipped, held = [], 0, []
     with logging_redirect_tqdm(loggers=[logger]):
         progress = tqdm(total=len(paths), desc="predict", unit="image")
         for indices, images, failed in loader:
@@ -273,13 +300,27 @@ def main(argv=None) -> int:
             skipped += len(failed)
             if images is not None:
                 with autocast(args.precision, device):
-                    raw_maps, scores = model(images.to(device))
-                maps = gaussian_blur(raw_maps.float(), args.sigma).cpu()
-                scores = scores.float().cpu().tolist()
-                for row, index in enumerate(indices):
-                    rows.append(save_outputs(images[row], maps[row], scores[row], items[index], out_dir, args))
+                    maps, scores = model(images.to(device))
+                maps, scores = maps.cpu(), scores.cpu()
+                if over_set:
+                    held.append((indices, images, maps, scores))
+                else:
+                    for row, index in enumerate(indices):
+                        rows.append(save_outputs(images[row], maps[row], float(scores[row]), float(scores[row]),
+                                                 items[index], out_dir, args))
             progress.update(len(indices) + len(failed))
         progress.close()
+    if held:
+        outputs = {"anomaly_maps": torch.cat([h[2] for h in held]), "image_scores": torch.cat([h[3] for h in held])}
+        outputs = model.finalize(outputs, ["all"] * len(outputs["image_scores"]))
+        position = 0
+        for indices, images, _, _ in held:
+            for row, index in enumerate(indices):
+                rows.append(save_outputs(images[row], outputs["anomaly_maps"][position],
+                                         float(outputs["image_scores"][position]),
+                                         float(outputs["image_scores_unnormalized"][position]), items[index],
+                                         out_dir, args))
+                position += 1
 
     if rows:
         write_scores(out_dir / SCORES_FILE, rows)
@@ -290,9 +331,11 @@ def main(argv=None) -> int:
 
 
 def run_cli() -> None:
+    from models import CheckpointError, ClipWeightsError
+
     try:
         processed = main()
-    except (CheckpointError, ClipWeightsError, ValueError) as error:
+    except (CheckpointError, ClipWeightsError, OutputError, ValueError) as error:
         sys.exit(f"predict.py: {error}")
     sys.exit(0 if processed else 1)
 

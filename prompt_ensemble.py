@@ -1,21 +1,36 @@
-"""ViP-ICA: image-conditioned, class-name-free prompts (SPEC §2).
+"""The text prompts of both methods: their templates, and ViP²-CLIP's prompt learner.
 
-Two sentences, "X…X <state> X…X", are embedded with CLIP's token embedding. The
-placeholder rows are replaced by learnable context (`ctx_pos` / `ctx_neg`) and by
-`cls_ctx` plus a meta-net's reading of the global image feature, so every image
+ViP-ICA (SPEC §2): two sentences, "X…X <state> X…X", are embedded with CLIP's token
+embedding. The placeholder rows are replaced by learnable context (`ctx_pos` / `ctx_neg`)
+and by `cls_ctx` plus a meta-net's reading of the global image feature, so every image
 gets its own normal and abnormal prompt.
+
+VCP-CLIP's unified text prompt (SPEC_VCP §2): "a photo of a good|damaged <|class|>", the
+slot filled per image with learnable category vectors (`models/vcp/text.py`).
+
+This module imports nothing of the project's, so any model module can use it.
 """
 from __future__ import annotations
 
-import open_clip
 import torch
 from torch import nn
 
-from models.config import (ABNORMAL_STATE_WORD, META_NET_HIDDEN, NORMAL_STATE_WORD, PLACEHOLDER_TOKEN,
-                           PROMPT_INIT_STD)
-
-
 CONTEXT_LENGTH = 77  # CLIP's text context, fixed by its tokenizer
+NORMAL_STATE_WORD = "good"
+ABNORMAL_STATE_WORD = "damaged"
+PLACEHOLDER_TOKEN = "X"
+META_NET_HIDDEN = 384
+PROMPT_INIT_STD = 0.02
+
+# VCP-CLIP: one template per state, the category slot `<|class|>` at its end.
+VCP_TEMPLATES = ("a photo of a good", "a photo of a damaged")
+
+
+def tokenize(texts):
+    """CLIP's tokenizer (open_clip's), imported on first use: open_clip takes seconds to import."""
+    import open_clip
+
+    return open_clip.tokenize(texts)
 
 
 def template(state_word: str, n_ctx: int, n_cls: int) -> str:
@@ -65,7 +80,7 @@ class PromptLearner(nn.Module):
 
     def _register_sentence(self, suffix: str, sentence: str, embedded_sentence: str,
                            token_embedding: nn.Embedding) -> None:
-        token_ids, embedded_ids = open_clip.tokenize([sentence, embedded_sentence]).split(1)
+        token_ids, embedded_ids = tokenize([sentence, embedded_sentence]).split(1)
         for ids, text in ((token_ids, sentence), (embedded_ids, embedded_sentence)):
             if int(ids.argmax(-1)) + 1 != self.sequence_length:
                 raise ValueError(f"the prompt {text!r} does not tokenize to one token per word")

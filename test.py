@@ -1,192 +1,142 @@
-"""Evaluate ViP²-CLIP zero-shot on a dataset described by meta.json: maps, scores and metrics per class.
+"""Evaluate a method zero-shot on a dataset described by a meta file: maps, scores and metrics per class.
 
     python test.py --data_path data/visa --checkpoint_path mvtec_train_epoch_10.pth --save_path results/visa
+    python test.py --model vcp --data_path data --dataset mvtec --checkpoint_path train_visa.pth \\
+        --save_path results/vcp/mvtec
 
-    python test.py --smoke      # no weights or data needed: a synthetic end-to-end check
+    python test.py --smoke      # no weights or data needed: a synthetic end-to-end check (add --model vcp)
 
-Settings (n_ctx, n_cls, topk, features_list, image_size, ...) are read from the
-checkpoint when train.py wrote it; flags given explicitly override the ones that do
-not change tensor shapes. The authors' released checkpoints record no settings, so
-there the flags (or their defaults, the released scripts') apply.
+Settings (prompt lengths, layers, image size, ...) are read from the checkpoint when
+train.py wrote it; flags given explicitly override those that do not change tensor
+shapes. The authors' released checkpoints record no settings, so there the flags (or
+their defaults, the released scripts') apply. Every output path is checked before the
+model loads, and a folder holding an earlier run's results is refused (`--overwrite`).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 import metrics
-from dataset import AnomalyDataset, DatasetError, normalize_images
-from models import SMOOTHING_SIGMA, ClipWeightsError, ViP2CLIP, load_clip
-from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config
-from models.clip_loader import CLIP_WEIGHTS_HELP
-from models.config import add_setting_overrides, setting_overrides
-from utils import (
-    PRECISIONS,
-    HelpFormatter,
-    atomic_savez,
-    atomic_write_json,
-    autocast,
-    configure_precision,
-    default_workers,
-    gaussian_blur,
-    memory_note,
-    nan_to_none,
-    non_negative_float,
-    non_negative_int,
-    peak_gpu_memory_gb,
-    positive_int,
-    reset_peak_gpu_memory,
-    resolve_device,
-    set_seed,
-    setup_logger,
-    shared_memory_warning,
-)
+from models import get_method
+from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
+from runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from utils import (DatasetError, HelpFormatter, OutputError, check_output_file, check_output_folder,
+                   non_negative_int, positive_int)
 
 RESULTS_FILE = "results.json"
+FIGURES = "visualization"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method_name: str) -> argparse.ArgumentParser:
+    method = get_method(method_name)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    add_method_flag(parser, method_name)
     parser.add_argument("--smoke", action="store_true",
-                        help="generate a synthetic dataset and a tiny random CLIP, train one epoch, evaluate")
+                        help="generate a synthetic dataset and a tiny random CLIP, train one epoch, evaluate, in a "
+                             "temporary folder (writes nothing else)")
     data = parser.add_argument_group("data")
-    data.add_argument("--data_path", help="dataset root holding meta.json (its test split is evaluated)")
-    data.add_argument("--save_path", default="./results", help="folder for log.txt, results.json and figures")
+    data.add_argument("--data_path", help="dataset root holding meta.json or meta_<dataset>.json (its test split is "
+                                          "evaluated)")
     data.add_argument("--dataset", default=None,
-                      help="a label for logs and result tables (default: the data folder's name; classes come "
-                           "from meta.json)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint_path", help="ICA/FGP weights: train.py's epoch_{n}.pth or a released file")
-    model.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)
-    add_setting_overrides(model)
+                      help="picks meta_<dataset>.json in the root (the VCP-CLIP authors' layout) and labels logs and "
+                           "tables (default: the root's meta.json, labelled with the folder's name)")
+    data.add_argument("--save_path", default="./results", help="folder for log.txt, results.json and figures")
+    model = parser.add_argument_group(f"model ({method.title}; settings a checkpoint records are read from it)")
+    model.add_argument("--checkpoint_path", help="train.py's epoch_{n}.pth or one of the authors' released files")
+    model.add_argument("--clip_weights", default="openai",
+                       help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    add_setting_flags(model, method.config, "test")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--metrics", choices=tuple(metrics.LEVELS), default="image-pixel-level",
                             help="which metrics to compute")
     evaluation.add_argument("--pro_mode", choices=metrics.PRO_MODES, default="official",
-                            help="AUPRO: the paper's 200-threshold protocol, or the exact MVTec AD definition")
-    evaluation.add_argument("--sigma", type=non_negative_float, default=SMOOTHING_SIGMA,
-                            help="sigma of the Gaussian smoothing of the maps, in pixels (0: none)")
+                            help="AUPRO: the papers' 200-threshold protocol, or the exact MVTec AD definition")
     evaluation.add_argument("--save_maps", default=None, metavar="FILE.npz",
                             help="also write maps, scores, masks, labels, classes and paths (metrics.py re-scores it)")
     evaluation.add_argument("--visualize", action="store_true", help="write image | map | ground-truth panels per class")
     evaluation.add_argument("--vis_max", type=non_negative_int, default=8, help="panels per class with --visualize")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    run.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                     help="backbone and heads precision; fp32 reproduces the reference")
-    run.add_argument("--batch_size", type=positive_int, default=None, help="images per forward pass (default 32 on GPU, 8 on CPU)")
-    run.add_argument("--num_workers", type=non_negative_int, default=None, help="data-loading processes (default: the CPUs available, at most 16)")
-    run.add_argument("--seed", type=int, default=111, help="seed (evaluation is deterministic; kept for parity)")
+    run.add_argument("--device", default="auto", help=DEVICE_HELP)
+    run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    run.add_argument("--batch_size", type=positive_int, default=None,
+                     help="images per forward pass (default 32 on GPU, 8 on CPU)")
+    run.add_argument("--num_workers", type=non_negative_int, default=None,
+                     help="data-loading processes (default: the CPUs available, at most 16; 0 on a CPU-only run, "
+                          "where decoding would compete with the model for the cores)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run's results in --save_path and an existing --save_maps file")
     return parser
 
 
-def loader_chunk(batch_size: int, workers: int) -> int:
-    """Images per data-loading task: the largest divisor of the batch that lets every worker
-    help fill it. One worker decoding a whole batch of large PNGs would leave the GPU idle
-    for the first batch's full decoding time."""
-    if workers <= 1:
-        return batch_size
-    share = -(-batch_size // workers)
-    return max(d for d in range(1, share + 1) if batch_size % d == 0)
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser(method_from_argv(argv)).parse_args(argv)
 
 
-def device_batches(loader, batch_size: int, device: torch.device):
-    """Join the loader's chunks, in order, into batches of `batch_size` (the last may be smaller) on `device`."""
-    pending, count = [], 0
-    for chunk in loader:
-        pending.append({key: chunk[key].to(device, non_blocking=True) for key in ("img", "img_mask", "anomaly")})
-        count += len(chunk["img"])
-        while count >= batch_size:
-            joined = {key: torch.cat([part[key] for part in pending]) for key in pending[0]}
-            yield {key: values[:batch_size] for key, values in joined.items()}
-            count -= batch_size
-            pending = [{key: values[batch_size:] for key, values in joined.items()}] if count else []
-    if pending:
-        yield {key: torch.cat([part[key] for part in pending]) for key in pending[0]}
-
-
-@torch.inference_mode()
-def predict(model: ViP2CLIP, dataset: AnomalyDataset, device: torch.device, *, batch_size: int, workers: int,
-            precision: str, sigma: float) -> dict:
-    """Smoothed maps `[N, S, S]`, scores `[N]`, masks and labels, all on `device`, in dataset order."""
-    size, count = model.config.image_size, len(dataset)
-    maps = torch.empty((count, size, size), dtype=torch.float32, device=device)
-    masks = torch.empty((count, size, size), dtype=torch.uint8, device=device)
-    scores = torch.empty(count, dtype=torch.float32, device=device)
-    labels = torch.empty(count, dtype=torch.long, device=device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=loader_chunk(batch_size, workers), shuffle=False,
-                                         num_workers=workers, pin_memory=device.type == "cuda")
-    start = 0
-    with tqdm(total=count, desc="inference", unit="img", leave=False) as progress:
-        for batch in device_batches(loader, batch_size, device):
-            stop = start + batch["img"].shape[0]
-            with autocast(precision, device):
-                raw_maps, raw_scores = model(normalize_images(batch["img"]))
-            maps[start:stop] = gaussian_blur(raw_maps.float(), sigma)
-            scores[start:stop] = raw_scores.float()
-            masks[start:stop] = batch["img_mask"]
-            labels[start:stop] = batch["anomaly"]
-            progress.update(stop - start)
-            start = stop
-    return {"anomaly_maps": maps, "image_scores": scores, "gt_masks": masks, "labels": labels}
-
-
-@torch.inference_mode()
-def warm_up(model: ViP2CLIP, device: torch.device, precision: str) -> float:
-    """On a GPU, one pass over two blank images before the clock starts: CUDA's one-time set-up
-    (kernel loading, library handles) belongs with model loading, not with images/s."""
-    if device.type != "cuda":
-        return 0.0
-    start = time.time()
-    size = model.config.image_size
-    with autocast(precision, device):
-        model(torch.zeros((2, 3, size, size), device=device))
-    torch.cuda.synchronize(device)
-    return time.time() - start
-
-
-def save_maps(path: str, outputs: dict, dataset: AnomalyDataset) -> None:
-    atomic_savez(path, anomaly_maps=outputs["anomaly_maps"].cpu().numpy(),
-                 image_scores=outputs["image_scores"].cpu().numpy(),
-                 gt_masks=outputs["gt_masks"].cpu().numpy(),
-                 labels=outputs["labels"].cpu().numpy(),
-                 cls_names=np.array([s.cls_name for s in dataset.samples]),
-                 img_paths=np.array([s.img_path for s in dataset.samples]))
+def check_outputs(args) -> list[Path]:
+    """Refuse, before any work, outputs that cannot be written or would mix with an earlier run's;
+    returns the earlier run's files that --overwrite replaces."""
+    save_path = check_output_folder(args.save_path, "--save_path")
+    if args.save_maps:
+        check_output_file(args.save_maps, "--save_maps", overwrite=args.overwrite)
+    earlier = [save_path / name for name in (RESULTS_FILE, FIGURES) if (save_path / name).exists()]
+    if earlier and not args.overwrite:
+        names = ", ".join(p.name for p in earlier)
+        raise OutputError(f"--save_path {save_path} already holds an earlier run's results ({names}); choose "
+                          "another folder, or pass --overwrite to replace them")
+    # A log without results (a run that stopped early) is appended to, unless the folder is being replaced.
+    return earlier + ([save_path / "log.txt"] if earlier and (save_path / "log.txt").exists() else [])
 
 
 def main(argv=None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.smoke:
         return smoke(args)
     if not args.data_path or not args.checkpoint_path:
-        build_parser().error("--data_path and --checkpoint_path are required (or use --smoke)")
-    save_path = Path(args.save_path)
-    logger = setup_logger("vip2.test", save_path)
-    set_seed(args.seed)
-    device = resolve_device(args.device)
-    configure_precision(args.precision)
-    checkpoint = read_checkpoint(args.checkpoint_path)
-    config = resolve_config(checkpoint, args.checkpoint_path, setting_overrides(args))
-    dataset = AnomalyDataset(args.data_path, config.image_size, split="test", normalize=False)
+        build_parser(args.model).error("--data_path and --checkpoint_path are required (or use --smoke)")
+    method = get_method(args.model)
+    earlier = check_outputs(args)
 
-    model = ViP2CLIP(load_clip(args.clip_weights), config)
-    load_weights(model, checkpoint, args.checkpoint_path)
-    model.to(device).eval()
+    import torch
+
+    from dataset import AnomalyDataset
+    from inference import predict_dataset, save_maps, warm_up
+    from models import create_model, resolve_config
+    from models.checkpoint import read_checkpoint
+    from runtime import (configure_precision, default_workers, memory_note, peak_gpu_memory_gb,
+                         reset_peak_gpu_memory, resolve_device, shared_memory_warning)
+    from utils import atomic_write_json, nan_to_none, setup_logger
+
+    device = resolve_device(args.device)
+    checkpoint = read_checkpoint(args.checkpoint_path)
+    settings = values_from_args(args, method.config)
+    config = resolve_config(method.name, checkpoint, args.checkpoint_path, **settings)
+    dataset = AnomalyDataset(args.data_path, config.image_size, split="test", dataset=args.dataset)
+    configure_precision(args.precision)
+    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint, device=device,
+                         **settings)
+    model.checkpoint_path = args.checkpoint_path
+
+    for path in earlier:  # only once every input has been checked
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    save_path = Path(args.save_path)
+    logger = setup_logger("zsas.test", save_path)
     label = args.dataset or Path(args.data_path).name
-    logger.info("evaluating %s: %d images in %d classes, on %s, precision %s", label, len(dataset),
-                len(dataset.class_names), device, args.precision)
-    logger.info("settings: %s", json.dumps(config.to_dict()))
+    logger.info("evaluating %s with %s: %d images in %d classes from %s, on %s, precision %s", label,
+                method.title, len(dataset), len(dataset.class_names), dataset.meta_path, device, args.precision)
+    logger.info("settings: %s", json.dumps(model.recorded_config()))
 
     batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
-    workers = default_workers() if args.num_workers is None else args.num_workers
+    workers = args.num_workers
+    if workers is None:
+        workers = default_workers() if device.type == "cuda" else 0
+    from inference import loader_chunk
+
     shm_warning = shared_memory_warning(workers, loader_chunk(batch_size, workers), config.image_size)
     if shm_warning:
         logger.warning(shm_warning)
@@ -195,41 +145,56 @@ def main(argv=None) -> dict:
         logger.info("GPU warm-up pass: %.1f s", warm_up_seconds)
     reset_peak_gpu_memory(device)
     start = time.time()
-    outputs = predict(model, dataset, device, batch_size=batch_size, workers=workers, precision=args.precision,
-                      sigma=args.sigma)
+    outputs = predict_dataset(model, dataset, device, batch_size=batch_size, workers=workers,
+                              precision=args.precision)
+    cls_names = [s.cls_name for s in dataset.samples]
+    outputs = model.finalize(outputs, cls_names)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     inference_seconds = time.time() - start
-    saving_seconds = 0.0
-    if args.save_maps:
-        save_maps(args.save_maps, outputs, dataset)
-        saving_seconds = time.time() - start - inference_seconds
-        logger.info("maps written to %s (%.1f s, not counted below)", args.save_maps, saving_seconds)
-
-    cls_names = [s.cls_name for s in dataset.samples]
+    keys = metrics.LEVELS[args.metrics]
     results = metrics.evaluate(outputs["anomaly_maps"], outputs["gt_masks"], outputs["image_scores"],
-                               outputs["labels"], cls_names, pro_mode=args.pro_mode,
-                               keys=metrics.LEVELS[args.metrics], progress=True)
-    total_seconds = time.time() - start - saving_seconds
+                               outputs["labels"], cls_names, pro_mode=args.pro_mode, keys=keys, progress=True)
+    total_seconds = time.time() - start
     stats = {"images": len(dataset), "seconds": total_seconds, "images_per_second": len(dataset) / total_seconds,
              "inference_seconds": inference_seconds, "metrics_seconds": total_seconds - inference_seconds,
-             "save_maps_seconds": saving_seconds, "warm_up_seconds": warm_up_seconds,
-             "precision": args.precision, "batch_size": batch_size, "workers": workers, "device": str(device),
-             "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
-    logger.info("\n%s", metrics.format_table(results, keys=metrics.LEVELS[args.metrics]))
+             "warm_up_seconds": warm_up_seconds, "precision": args.precision, "batch_size": batch_size,
+             "workers": workers, "device": str(device), "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
+    logger.info("\n%s", metrics.format_table(results, keys=keys))
     logger.info("%d images in %.1f s from first image to last metric (%.1f images/s): model and smoothing "
                 "%.1f s, metrics %.1f s%s", len(dataset), total_seconds, stats["images_per_second"],
                 inference_seconds, stats["metrics_seconds"], memory_note(device))
-    atomic_write_json(nan_to_none({"dataset": label, "checkpoint": str(args.checkpoint_path),
-                                   "pro_mode": args.pro_mode, "settings": config.to_dict(),
+    atomic_write_json(nan_to_none({"method": method.name, "dataset": label, "checkpoint": str(args.checkpoint_path),
+                                   "pro_mode": args.pro_mode, "settings": model.recorded_config(),
+                                   "test_settings": {"sigma": config.sigma, **_test_only(model)},
                                    "metrics": results, "run": stats}), save_path / RESULTS_FILE)
+    failures = []  # the metrics are safe in results.json now; what follows may fail without losing them
+    if args.save_maps:
+        try:
+            saving = time.time()
+            save_maps(args.save_maps, outputs, dataset.samples)
+            logger.info("maps written to %s (%.1f s, not counted above)", args.save_maps, time.time() - saving)
+        except OSError as error:
+            failures.append(f"--save_maps {args.save_maps}: {error}")
     if args.visualize:
         import visualization
 
-        written = visualization.save_test_panels(outputs, dataset, save_path / "visualization",
-                                                 max_per_class=args.vis_max)
-        logger.info("%d figures written under %s", written, save_path / "visualization")
+        try:
+            written = visualization.save_test_panels(outputs, dataset, save_path / FIGURES, max_per_class=args.vis_max)
+            logger.info("%d figures written under %s", written, save_path / FIGURES)
+        except OSError as error:
+            failures.append(f"--visualize into {save_path / FIGURES}: {error}")
+    if failures:
+        raise OutputError("the metrics are in " + str(save_path / RESULTS_FILE) + ", but " + "; ".join(failures))
     return results
+
+
+def _test_only(model) -> dict:
+    """Test-time settings other than sigma (VCP-CLIP's fusion weight and score pixels)."""
+    from models import settings
+
+    values = settings.to_dict(model.config)
+    return {f.name: values[f.name] for f in settings.fields_of(type(model.config), ("test",)) if f.name != "sigma"}
 
 
 SMOKE_IMAGE_SIZE = 112
@@ -237,32 +202,36 @@ SMOKE_LAYERS = ("1", "2", "3", "4")
 
 
 def smoke(args) -> dict:
-    """Synthetic data + tiny random CLIP: train one epoch, then evaluate, in a temporary folder."""
+    """Synthetic data + tiny random CLIP: train one epoch, then evaluate, all in a temporary folder."""
+    import torch
+
     import train
     from generate_dataset_json.synthetic import make_synthetic_dataset
     from models.clip_loader import random_clip_state_dict
 
-    with tempfile.TemporaryDirectory(prefix="vip2_smoke_") as folder:
+    with tempfile.TemporaryDirectory(prefix="zsas_smoke_") as folder:
         folder = Path(folder)
         make_synthetic_dataset(folder / "data", seed=0)
         torch.save(random_clip_state_dict("tiny", seed=0), folder / "clip_tiny.pt")
-        common = ["--clip_weights", str(folder / "clip_tiny.pt"), "--image_size", str(SMOKE_IMAGE_SIZE),
-                  "--features_list", *SMOKE_LAYERS, "--device", args.device, "--num_workers", "0"]
+        common = ["--model", args.model, "--clip_weights", str(folder / "clip_tiny.pt"), "--device", args.device,
+                  "--num_workers", "0"]
         checkpoint = train.main(["--train_data_path", str(folder / "data"), "--save_path", str(folder / "ckpt"),
-                                 "--epoch", "1", "--dataset", "synthetic", *common])
+                                 "--epoch", "1", "--dataset", "synthetic", "--image_size", str(SMOKE_IMAGE_SIZE),
+                                 "--features_list", *SMOKE_LAYERS, *common])
         results = main(["--data_path", str(folder / "data"), "--checkpoint_path", str(checkpoint),
-                        "--save_path", str(Path(args.save_path) / "smoke"), "--dataset", "synthetic",
-                        "--device", args.device, "--num_workers", "0",
-                        "--clip_weights", str(folder / "clip_tiny.pt")]
+                        "--save_path", str(folder / "results"), "--dataset", "synthetic", *common]
                        + (["--visualize"] if args.visualize else []))
-    print("smoke run passed: the install trains and evaluates end to end (random weights, so the numbers mean nothing)")
+    print(f"smoke run passed: {get_method(args.model).title} trains and evaluates end to end (random weights, so "
+          "the numbers mean nothing; nothing was kept)")
     return results
 
 
 def run_cli() -> None:
+    from models import CheckpointError, ClipWeightsError
+
     try:
         main()
-    except (DatasetError, CheckpointError, ClipWeightsError, ValueError) as error:
+    except (DatasetError, CheckpointError, ClipWeightsError, OutputError, ValueError) as error:
         sys.exit(f"test.py: {error}")
 
 

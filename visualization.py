@@ -32,7 +32,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from dataset import CLIP_MEAN, CLIP_STD, load_image
+from dataset import read_image
 from utils import atomic_write_bytes
 
 COLORMAP = "jet"  # the convention of the anomaly-detection literature (and of the reference's figures)
@@ -61,18 +61,15 @@ def to_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """A CLIP-normalised `[3, S, S]` tensor back to the `[S, S, 3]` uint8 image the model saw."""
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
-    pixels = (image.detach().float().cpu() * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
-    return pixels.permute(1, 2, 0).numpy()
+def to_display(image: torch.Tensor) -> np.ndarray:
+    """The model's uint8 `[3, S, S]` input as an `[S, S, 3]` image."""
+    return image.detach().cpu().permute(1, 2, 0).numpy()
 
 
 def display_image(path: Path, size: int) -> np.ndarray:
     """The image as the model saw it (the dataset's own preprocessing), as `[S, S, 3]` uint8."""
-    image, _ = load_image(Path(path), size)
-    return denormalize(image)
+    image, _ = read_image(Path(path), size)
+    return to_display(image)
 
 
 def value_range(maps, scale: str = "fixed") -> tuple[float, float]:

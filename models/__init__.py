@@ -1,6 +1,11 @@
-"""ViP²-CLIP model code: backbone loading, FGP, UTPA, losses, checkpoints."""
-from .clip_loader import ClipWeightsError, load_clip
-from .config import DEFAULTS, SMOOTHING_SIGMA, ViP2Config
-from .vip2clip import Alignment, ImageFeatures, ViP2CLIP
+"""Every method's model, built through one factory: `create_model(name, clip_weights=..., checkpoint=...)`.
 
-__all__ = ["ClipWeightsError", "load_clip", "DEFAULTS", "SMOOTHING_SIGMA", "ViP2Config", "Alignment", "ImageFeatures", "ViP2CLIP"]
+Methods register themselves (`models/registry.py`); importing this package imports no
+torch, so scripts can build their `--help` from the registry in a fraction of a second.
+"""
+from .errors import CheckpointError, ClipWeightsError
+from .factory import create_model, resolve_config
+from .registry import DEFAULT_METHOD, Method, get_method, method_names, register_method
+
+__all__ = ["CheckpointError", "ClipWeightsError", "DEFAULT_METHOD", "Method", "create_model", "get_method",
+           "method_names", "register_method", "resolve_config"]

@@ -1,8 +1,8 @@
-"""The frozen CLIP towers, exposed the way ViP²-CLIP reads them (SPEC §1).
+"""The frozen CLIP towers, exposed the way both methods read them (SPEC §1, SPEC_VCP §1).
 
 open_clip builds the network; this wrapper only walks its blocks so that intermediate
-residual streams can be tapped, resizes the positional embedding for inputs larger
-than CLIP's own, and encodes prompt *embeddings* (not token ids) with the text tower.
+residual streams can be tapped, resizes the positional embedding for inputs larger than
+CLIP's own, and runs the text tower on prompt *embeddings* (not token ids).
 """
 from __future__ import annotations
 
@@ -10,13 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# How each method resizes the vision positional embedding to the input's patch grid.
+POSITIONAL_INTERPOLATIONS = {
+    "bilinear": {"mode": "bilinear", "align_corners": False},  # ViP²-CLIP
+    "bicubic-antialias": {"mode": "bicubic", "align_corners": False, "antialias": True},  # VCP-CLIP, open_clip's own
+}
+
 
 class FrozenCLIP(nn.Module):
     """Image and text encoders of a frozen open_clip `CLIP` (OpenAI ViT layout)."""
 
-    def __init__(self, clip: nn.Module):
+    def __init__(self, clip: nn.Module, positional_interpolation: str = "bilinear"):
         super().__init__()
+        if positional_interpolation not in POSITIONAL_INTERPOLATIONS:
+            raise ValueError(f"unknown positional interpolation {positional_interpolation!r}")
         self.clip = clip.eval().requires_grad_(False)
+        self.positional_interpolation = positional_interpolation
         self._positional_cache: dict = {}
 
     @property
@@ -28,12 +37,20 @@ class FrozenCLIP(nn.Module):
         return self.clip.ln_final.weight.shape[0]
 
     @property
+    def vision_width(self) -> int:
+        return self.clip.visual.conv1.out_channels
+
+    @property
     def patch_size(self) -> int:
         return self.clip.visual.conv1.kernel_size[0]
 
     @property
     def num_vision_layers(self) -> int:
         return len(self.clip.visual.transformer.resblocks)
+
+    @property
+    def num_text_layers(self) -> int:
+        return len(self.clip.transformer.resblocks)
 
     def grid_size(self, image_size: int) -> int:
         return image_size // self.patch_size
@@ -47,7 +64,7 @@ class FrozenCLIP(nn.Module):
         return self.clip.token_embedding(token_ids.long())
 
     def positional_embedding(self, grid: int) -> torch.Tensor:
-        """The class row kept as is, the patch rows resized bilinearly to `grid`×`grid` (cached)."""
+        """The class row kept as is, the patch rows resized to `grid`×`grid` (cached)."""
         weight = self.clip.visual.positional_embedding
         key = (grid, weight.device, weight.dtype)
         if key not in self._positional_cache:
@@ -56,19 +73,16 @@ class FrozenCLIP(nn.Module):
                 resized = weight
             else:
                 patch = weight[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-                patch = F.interpolate(patch, size=(grid, grid), mode="bilinear", align_corners=False)
+                patch = F.interpolate(patch, size=(grid, grid),
+                                      **POSITIONAL_INTERPOLATIONS[self.positional_interpolation])
                 patch = patch.reshape(weight.shape[1], grid * grid).t()
                 resized = torch.cat([weight[:1], patch], dim=0)
             self._positional_cache = {key: resized.detach()}
         return self._positional_cache[key]
 
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor, layers: tuple[int, ...], global_through_ln_post: bool = False):
-        """Global feature `[N, E]` and one patch-feature tensor `[N, L, E]` per 1-based layer, all L2-normalised.
-
-        The reference projects the final class token without `ln_post` (a quirk);
-        `global_through_ln_post=True` applies it, as standard CLIP does.
-        """
+    def residual_streams(self, images: torch.Tensor, layers) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The final residual stream `[N, 1+L, W]` and the stream after each 1-based block in `layers`."""
         visual = self.clip.visual
         x = visual.conv1(images)
         grid = x.shape[-1]
@@ -82,11 +96,12 @@ class FrozenCLIP(nn.Module):
             x = block(x)
             if index in wanted:
                 taps[index] = x
-        patch_features = tuple(
-            F.normalize(visual.ln_post(taps[layer][:, 1:]) @ visual.proj, dim=-1) for layer in layers)
-        class_token = visual.ln_post(x[:, 0]) if global_through_ln_post else x[:, 0]
-        global_feature = F.normalize(class_token @ visual.proj, dim=-1)
-        return global_feature, patch_features
+        return x, taps
+
+    def project(self, tokens: torch.Tensor, through_ln_post: bool = True) -> torch.Tensor:
+        """Vision tokens into the joint embedding space (`ln_post`, then `visual.proj`)."""
+        visual = self.clip.visual
+        return (visual.ln_post(tokens) if through_ln_post else tokens) @ visual.proj
 
     def encode_prompts(self, prompt_embeddings: torch.Tensor, token_ids: torch.Tensor,
                        length: int | None = None) -> torch.Tensor:
@@ -101,9 +116,16 @@ class FrozenCLIP(nn.Module):
             length = int(eot.max()) + 1
         clip = self.clip
         x = prompt_embeddings[:, :length] + clip.positional_embedding[:length].to(prompt_embeddings.dtype)
-        mask = clip.attn_mask[:length, :length].to(x.device)
-        for block in clip.transformer.resblocks:
-            x = block(x, attn_mask=mask)
+        x = self.text_blocks(x, range(self.num_text_layers))
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot] @ clip.text_projection
         return F.normalize(x.float(), dim=-1)
+
+    def text_blocks(self, x: torch.Tensor, blocks) -> torch.Tensor:
+        """Run the text tower's blocks `blocks` (0-based indices) on `[M, length, D]` with the causal mask."""
+        length = x.shape[1]
+        mask = self.clip.attn_mask[:length, :length].to(x.device)
+        resblocks = self.clip.transformer.resblocks
+        for index in blocks:
+            x = resblocks[index](x, attn_mask=mask)
+        return x

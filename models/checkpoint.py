@@ -1,13 +1,14 @@
-"""Checkpoints: the authors' released format (SPEC §8), plus the settings they were trained with.
+"""Checkpoint files common to every method: reading them with clear errors, and resolving settings.
 
-A file is `{"prompt_learner": ICA state dict, "Zero_try": FGP state dict}`; files this
-project writes add `"settings"` (a `ViP2Config` as a dict) and `"epoch"`, so that
-`test.py` can rebuild the model without repeated flags. The authors' files carry no
-settings: `n_ctx`, `n_cls` and the prompt quirk are read from the tensors, the rest from
-flags or defaults.
+Each method knows its own key layout (the authors' released format, so that either code
+base reads the other's files). Files this project writes add `method`, `settings` (the
+model settings they were trained with), `epoch`, `format` and `clip_fingerprint`, so
+`test.py` needs no repeated flags and can tell a checkpoint used with other CLIP weights.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,88 +16,138 @@ import torch
 
 from utils import atomic_torch_save
 
-from .config import DEFAULTS, ViP2Config
+from . import settings as settings_module
+from .errors import CheckpointError
 
-ICA_KEY = "prompt_learner"
-FGP_KEY = "Zero_try"  # the authors' name for the FGP module
-FORMAT = "vip2clip/1"
-FIXED_BY_CHECKPOINT = ("n_ctx", "n_cls", "fix_quirks")  # tensor shapes and how the prompts were built
+FORMAT = "zsas-clip/2"
+# Files that are plainly something else; naming what they are beats torch's unpickling advice.
+NOT_CHECKPOINTS = {".json": "a JSON file (a meta.json?)", ".npz": "a NumPy archive (CLIP weights or saved maps?)",
+                   ".npy": "a NumPy array", ".csv": "a CSV file", ".txt": "a text file", ".md": "a text file",
+                   ".png": "an image", ".jpg": "an image", ".jpeg": "an image", ".bmp": "an image",
+                   ".onnx": "an exported ONNX model (predict.py --onnx runs it)",
+                   ".safetensors": "a safetensors file (CLIP weights? --clip_weights takes them)"}
+FINGERPRINT_KEYS = ("visual.proj", "text_projection", "visual.class_embedding", "ln_final.weight")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used with the requested settings; the message names both."""
+def _listing(folder: Path) -> str:
+    found = sorted(p.name for p in folder.glob("*.pth"))
+    return (", ".join(found[:5]) + (" …" if len(found) > 5 else "")) if found else "no .pth files in it"
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
+def read_checkpoint(path: str | os.PathLike, flag: str = "--checkpoint_path") -> dict:
+    """The dict a checkpoint file holds (on the CPU, tensors only: `weights_only=True`)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{flag} {path} is a folder; pass one checkpoint file in it ({_listing(path)})")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; check --checkpoint_path / --init_checkpoint")
+        raise CheckpointError(f"{flag} {path}: no such file")
+    what = NOT_CHECKPOINTS.get(path.suffix.lower())
+    if what:
+        raise CheckpointError(f"{flag} {path} is {what}, not a checkpoint: pass train.py's epoch_N.pth "
+                              "or one of the authors' released .pth files")
     try:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error
-    if not isinstance(checkpoint, dict) or ICA_KEY not in checkpoint or FGP_KEY not in checkpoint:
-        raise CheckpointError(f"{path} is not a ViP²-CLIP checkpoint: expected the keys "
-                              f"'{ICA_KEY}' and '{FGP_KEY}' (the released format)")
+    except Exception as error:  # torch's message suggests weights_only=False, which is not the fix here
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{flag} {path} is not a readable PyTorch checkpoint ({reason[:200]}); pass "
+                              "train.py's epoch_N.pth or one of the authors' released .pth files") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{flag} {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     return checkpoint
 
 
-def recorded_settings(checkpoint: dict) -> dict:
-    """Settings a checkpoint fixes: all of them for this project's files; for the authors', what the tensors tell.
+def method_of(checkpoint: dict) -> str | None:
+    """Which registered method wrote a checkpoint: recorded by this project, else told by its keys."""
+    from .registry import get_method, method_names
 
-    The prompt quirk shows in the tensors: with it, the normal and the abnormal prompt
-    embed the same state word, so their middle-token buffers are equal.
-    """
-    if "settings" in checkpoint:
-        return dict(checkpoint["settings"])
-    ica = checkpoint[ICA_KEY]
-    return {"n_ctx": int(ica["ctx_pos"].shape[0]), "n_cls": int(ica["cls_ctx"].shape[0]),
-            "fix_quirks": not torch.equal(ica["token_middle_pos"], ica["token_middle_neg"])}
-
-
-def resolve_config(checkpoint: dict, path: str | os.PathLike, overrides: dict) -> ViP2Config:
-    """Settings for a checkpoint: explicit values (not None) > recorded settings > the released defaults.
-
-    Values that contradict what the checkpoint's tensors fix are an error naming both.
-    """
-    recorded = recorded_settings(checkpoint)
-    for name in FIXED_BY_CHECKPOINT:
-        wanted = overrides.get(name)
-        if wanted is not None and name in recorded and wanted != recorded[name]:
-            raise CheckpointError(f"{path} was trained with {name}={recorded[name]}, but {wanted} was asked "
-                                  f"for: drop --{name} or use another checkpoint")
-    values = DEFAULTS.to_dict()
-    values.update(recorded)
-    values.update({name: value for name, value in overrides.items() if value is not None and name in values})
-    return ViP2Config.from_dict(values)
+    if isinstance(checkpoint.get("method"), str):
+        return checkpoint["method"]
+    for name in method_names():
+        if get_method(name).model_class().recognizes(checkpoint):
+            return name
+    return None
 
 
-def save_checkpoint(path: str | os.PathLike, model, epoch: int) -> None:
-    atomic_torch_save({ICA_KEY: model.prompt_learner.state_dict(), FGP_KEY: model.fgp.state_dict(),
-                       "settings": model.config.to_dict(), "epoch": epoch, "format": FORMAT}, path)
+def check_method(checkpoint: dict, method, path, flag: str = "--checkpoint_path") -> None:
+    """Refuse a checkpoint of another method (or of none), naming the `--model` that fits."""
+    from .registry import get_method
+
+    found = method_of(checkpoint)
+    if found == method.name:
+        return
+    keys = ", ".join(sorted(map(str, checkpoint))[:8])
+    if found is None:
+        raise CheckpointError(f"{flag} {path} is not a checkpoint of any method here (top-level keys: {keys}); "
+                              f"--model {method.name} expects {method.title}'s released layout")
+    raise CheckpointError(f"{flag} {path} is a {get_method(found).title} checkpoint, not {method.title}: "
+                          f"pass --model {found} (its keys: {keys})")
 
 
-def _check_shapes(model, module: torch.nn.Module, state: dict, what: str, path: Path) -> None:
+def resolve_settings(config_class, recorded: dict, requested: dict, path, flag: str = "--checkpoint_path"):
+    """Settings for a model: requested values (not None) > what the checkpoint recorded > the defaults.
+
+    A requested value that contradicts a setting the checkpoint's tensors fix is an
+    error naming both, and the flag to change."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    values = settings_module.to_dict(config_class())
+    values.update({k: v for k, v in recorded.items() if k in fields})
+    for name, wanted in requested.items():
+        if wanted is None or name not in fields:
+            continue
+        wanted = tuple(wanted) if isinstance(wanted, list) else wanted
+        kind = fields[name].metadata.get("kind")
+        had = recorded.get(name)
+        had = tuple(had) if isinstance(had, list) else had
+        if kind in ("shape", "recorded") and had is not None and wanted != had:
+            option = settings_module.flag_name(fields[name])
+            if isinstance(had, bool):
+                fix = f"{'pass' if had != fields[name].default else 'drop'} {option}"
+            else:
+                fix = f"pass {option} {' '.join(map(str, had)) if isinstance(had, tuple) else had}"
+            raise CheckpointError(f"{flag} {path} was made with {name}={_show(had)}, but this run has "
+                                  f"{name}={_show(wanted)}: {fix} (or use another checkpoint)")
+        values[name] = wanted
+    return settings_module.from_dict(config_class, values)
+
+
+def _show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def check_state(module: torch.nn.Module, state: dict, what: str, path, context: str) -> None:
+    """Missing, unexpected or mis-shaped tensors of one part of a checkpoint: one error naming them all."""
     expected = module.state_dict()
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its {what} entry is a {type(state).__name__}, not a state dict")
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-             for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+             for k, v in expected.items() if k in state and hasattr(state[k], "shape")
+             and tuple(state[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
         details = "; ".join(filter(None, [
-            f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
+            f"missing {missing[:6]}" if missing else "", f"unexpected {unexpected[:6]}" if unexpected else "",
             ", ".join(wrong[:4])]))
-        config, backbone = model.config, model.backbone
-        raise CheckpointError(
-            f"{path} ({what}) does not fit the model built with n_ctx={config.n_ctx}, n_cls={config.n_cls} on a "
-            f"CLIP with embedding width {backbone.embed_dim} and text width {backbone.text_width}: {details}. "
-            f"Use the settings the checkpoint was trained with, or the CLIP weights it was trained on")
+        raise CheckpointError(f"{path} ({what}) does not fit the model built with {context}: {details}. "
+                              "Use the settings the checkpoint was trained with, or the CLIP weights it was "
+                              "trained on")
 
 
-def load_weights(model, checkpoint: dict, path: str | os.PathLike) -> None:
-    """Load ICA and FGP weights, with an error naming the file and both shapes on any mismatch."""
-    path = Path(path)
-    _check_shapes(model, model.prompt_learner, checkpoint[ICA_KEY], "prompt learner", path)
-    _check_shapes(model, model.fgp, checkpoint[FGP_KEY], "FGP", path)
-    model.prompt_learner.load_state_dict(checkpoint[ICA_KEY])
-    model.fgp.load_state_dict(checkpoint[FGP_KEY])
+def clip_fingerprint(clip: torch.nn.Module) -> str:
+    """A short hash of a few CLIP tensors, rounded to float16 (OpenAI's own precision), so that the
+    same weights stored as float16 or float32 give the same fingerprint."""
+    state = clip.state_dict()
+    digest = hashlib.sha256()
+    for key in FINGERPRINT_KEYS:
+        if key in state:
+            digest.update(key.encode())
+            digest.update(state[key].detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_checkpoint(path: str | os.PathLike, model, epoch: int) -> None:
+    """Write the method's released layout plus what this project records, atomically."""
+    state = model.checkpoint_state()
+    state.update({"method": model.method, "settings": model.recorded_config(), "epoch": epoch, "format": FORMAT,
+                  "clip_fingerprint": model.clip_fingerprint})
+    atomic_torch_save(state, path)

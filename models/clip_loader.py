@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import ClipWeightsError
+
 OPENAI_TAG = "openai"
 OPENAI_MODEL_NAME = "ViT-L-14-336"
 OPENAI_FILE_NAME = "ViT-L-14-336px.pt"
@@ -35,8 +37,6 @@ _DOWNLOAD_HOSTS = ("huggingface.co", "openaipublic.azureedge.net")
 CLIP_WEIGHTS_HELP = "OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'"
 
 
-class ClipWeightsError(RuntimeError):
-    """The CLIP weights could not be found or read; the message says which flag to fix."""
 
 
 def _hint() -> str:
@@ -134,14 +134,17 @@ def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def build_clip(state_dict: dict[str, torch.Tensor]):
-    """Build an open_clip CLIP from an OpenAI-layout state dict, in float32, frozen and in eval mode."""
+def build_clip(state_dict: dict[str, torch.Tensor], quick_gelu: bool = True):
+    """Build an open_clip CLIP from an OpenAI-layout state dict, in float32, frozen and in eval mode.
+
+    `quick_gelu`: the MLP activation. CLIP was trained with QuickGELU (ViP²-CLIP keeps it);
+    VCP-CLIP's reference runs the same weights with the exact GELU (SPEC_VCP §1)."""
     from open_clip.model import build_model_from_openai_state_dict
 
     state_dict = {k: v for k, v in state_dict.items() if k not in NON_WEIGHT_KEYS}
     try:
         # open_clip's builder rounds weights to float16; reloading restores float32 state dicts exactly.
-        model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=True, cast_dtype=None).float()
+        model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=quick_gelu, cast_dtype=None).float()
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     except (KeyError, RuntimeError) as error:
         raise ClipWeightsError(f"the CLIP weights do not form an OpenAI ViT CLIP: {error}. {_hint()}") from error
@@ -149,15 +152,16 @@ def build_clip(state_dict: dict[str, torch.Tensor]):
     return model.eval()
 
 
-def load_clip(spec: str = OPENAI_TAG):
+def load_clip(spec: str = OPENAI_TAG, quick_gelu: bool = True):
     """Resolve, read and build the frozen CLIP named by `--clip_weights`."""
-    return build_clip(read_clip_state_dict(resolve_clip_weights(spec)))
+    return build_clip(read_clip_state_dict(resolve_clip_weights(spec)), quick_gelu=quick_gelu)
 
 
 # Architectures for runs without real weights: the smoke run and tests ("tiny", the
-# fixture's shape) and benchmarks (the paper's backbone with random values).
+# fixtures' vision tower; its text width equals the embedding width, as VCP-CLIP needs)
+# and benchmarks (the paper's backbones with random values).
 TINY_CLIP = {"embed_dim": 64, "vision_cfg": {"layers": 4, "width": 128, "patch_size": 14, "image_size": 84},
-             "text_cfg": {"context_length": 77, "vocab_size": CLIP_VOCAB_SIZE, "width": 128, "heads": 2, "layers": 2}}
+             "text_cfg": {"context_length": 77, "vocab_size": CLIP_VOCAB_SIZE, "width": 64, "heads": 1, "layers": 2}}
 
 
 def random_clip_state_dict(architecture: str = "tiny", seed: int = 0) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the reference fixture (tests/fixtures/vip2_tiny) and helpers to run the CLIs as a user does."""
+"""Shared fixtures: the two reference fixtures (tests/fixtures/vip2_tiny, vcp_tiny) and helpers to run the CLIs."""
 from __future__ import annotations
 
 import json
@@ -13,14 +13,23 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "vip2_tiny"
+VCP_FIXTURE = ROOT / "tests" / "fixtures" / "vcp_tiny"
 FIXTURE_SETTINGS = ["--image_size", "126", "--features_list", "1", "2", "3", "4"]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-def run_script(script: str, *args, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+def vcp_settings(config: dict) -> list[str]:
+    """The model flags of SPEC_VCP §14 for a fixture's `config`."""
+    return ["--image_size", str(config["image_size"]), "--features_list", *map(str, config["features_list"]),
+            "--prompt_len", str(config["prompt_len"]), "--deep_prompt_len", str(config["deep_prompt_len"]),
+            "--total_d_layer_len", str(config["total_d_layer_len"])]
+
+
+def run_script(script: str, *args, check: bool = True, timeout: int = 300,
+               env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a repository script in a subprocess, from the repository root, as a user would."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2", **(env or {}))
     result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -28,45 +37,84 @@ def run_script(script: str, *args, check: bool = True, timeout: int = 300) -> su
     return result
 
 
-@pytest.fixture(scope="session")
-def expected():
-    with np.load(FIXTURE / "expected.npz") as arrays:
+def _expected(folder: Path) -> dict:
+    with np.load(folder / "expected.npz") as arrays:
         values = {k: arrays[k] for k in arrays.files}
-    values["json"] = json.loads((FIXTURE / "expected.json").read_text())
+    values["json"] = json.loads((folder / "expected.json").read_text())
     return values
 
 
 @pytest.fixture(scope="session")
-def clip_pt(tmp_path_factory) -> Path:
-    """The fixture CLIP as a user would hold it: an OpenAI-layout state dict saved with torch.save (float16)."""
+def expected():
+    return _expected(FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def vcp_expected():
+    return _expected(VCP_FIXTURE)
+
+
+def _clip_pt(folder: Path, target: Path) -> Path:
+    """A fixture's CLIP as a user would hold it: an OpenAI-layout state dict saved with torch.save (float16)."""
     from models.clip_loader import read_clip_state_dict
 
-    path = tmp_path_factory.mktemp("clip") / "clip_tiny.pt"
-    torch.save(read_clip_state_dict(FIXTURE / "clip_tiny.npz"), path)
-    return path
+    torch.save(read_clip_state_dict(folder / "clip_tiny.npz"), target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def clip_pt(tmp_path_factory) -> Path:
+    return _clip_pt(FIXTURE, tmp_path_factory.mktemp("clip") / "clip_tiny.pt")
+
+
+@pytest.fixture(scope="session")
+def vcp_clip_pt(tmp_path_factory) -> Path:
+    return _clip_pt(VCP_FIXTURE, tmp_path_factory.mktemp("vcp_clip") / "clip_tiny.pt")
 
 
 @pytest.fixture(scope="session")
 def tiny_clip():
-    from models import load_clip
+    from models.clip_loader import load_clip
 
     return load_clip(str(FIXTURE / "clip_tiny.npz"))
 
 
 @pytest.fixture(scope="session")
-def fixture_batch():
-    from dataset import AnomalyDataset
+def vcp_clip():
+    from models.clip_loader import load_clip
 
-    dataset = AnomalyDataset(FIXTURE / "data", 126)
+    return load_clip(str(VCP_FIXTURE / "clip_tiny.npz"), quick_gelu=False)
+
+
+def _batch(dataset):
     return torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
 
 
-def fixture_model(clip, checkpoint: str = "init.pth", **settings):
-    from models import ViP2CLIP, ViP2Config
-    from models.checkpoint import load_weights, read_checkpoint
+@pytest.fixture(scope="session")
+def fixture_batch():
+    """The ViP² fixture's 8 test images (uint8, as every model takes them), masks and labels."""
+    from dataset import AnomalyDataset
 
-    config = ViP2Config(**{"features_list": (1, 2, 3, 4), "image_size": 126, **settings})
-    model = ViP2CLIP(clip, config)
-    if checkpoint:
-        load_weights(model, read_checkpoint(FIXTURE / checkpoint), FIXTURE / checkpoint)
-    return model.eval()
+    return _batch(AnomalyDataset(FIXTURE / "data", 126))
+
+
+@pytest.fixture(scope="session")
+def vcp_batch():
+    from dataset import AnomalyDataset
+
+    return _batch(AnomalyDataset(VCP_FIXTURE / "data", 126, dataset="mvtec"))
+
+
+def fixture_model(clip, checkpoint: str | None = "init.pth", method: str = "vip2", **settings):
+    """A model on a fixture's CLIP, through the factory every script uses."""
+    from models import create_model
+
+    folder = FIXTURE if method == "vip2" else VCP_FIXTURE
+    settings = {"features_list": (1, 2, 3, 4), "image_size": 126, **settings}
+    return create_model(method, clip=clip, checkpoint=folder / checkpoint if checkpoint else None, **settings)
+
+
+def normalized(images: torch.Tensor) -> torch.Tensor:
+    from models.base import normalize_images
+
+    return normalize_images(images)

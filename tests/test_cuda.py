@@ -2,7 +2,7 @@
 
 Every test here is skipped without CUDA; the CPU tests cover the same logic. What only a
 GPU can show is checked here: that the fp32 path reproduces the reference fixture there
-too (TF32 off), that the torch metrics on the device equal the NumPy ones, that the
+too (TF32 off) for both methods, that the torch metrics on the device equal the NumPy ones, that the
 feature cache on the GPU trains as recomputing does, and that bf16/fp16 run and stay close.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, FIXTURE_SETTINGS, run_script
+from conftest import FIXTURE, FIXTURE_SETTINGS, VCP_FIXTURE, run_script, vcp_settings
 from scipy.ndimage import gaussian_filter
 
 import metrics
-from utils import gaussian_blur
+from models.smoothing import gaussian_blur
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -102,3 +102,37 @@ def test_low_precision_training_on_cuda_gives_finite_losses(clip_pt, tmp_path, p
     losses, stats = _train(clip_pt, tmp_path, "--precision", precision)
     assert all(np.isfinite([step["image_loss"], step["pixel_loss"]]).all() for step in losses)
     assert stats["peak_gpu_memory_gb"] > 0
+
+
+def _vcp_test_py(clip_pt, folder, config, *extra):
+    run_script("test.py", "--model", "vcp", "--data_path", VCP_FIXTURE / "data", "--dataset", config["dataset"],
+               "--clip_weights", clip_pt, "--checkpoint_path", VCP_FIXTURE / "init.pth", *vcp_settings(config),
+               "--alpha", config["alpha"], "--sigma", config["sigma"], "--save_path", folder,
+               "--save_maps", folder / "maps.npz", "--device", "cuda", *extra)
+    return np.load(folder / "maps.npz")
+
+
+def test_vcp_test_py_on_cuda_reproduces_the_reference(vcp_clip_pt, tmp_path, vcp_expected):
+    saved = _vcp_test_py(vcp_clip_pt, tmp_path, vcp_expected["json"]["config"], "--num_workers", "2")
+    np.testing.assert_allclose(saved["anomaly_maps"], vcp_expected["init_maps"], atol=MAP_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(saved["image_scores"], vcp_expected["init_scores"], atol=MAP_TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_vcp_low_precision_on_cuda_stays_close(vcp_clip_pt, tmp_path, vcp_expected, precision):
+    saved = _vcp_test_py(vcp_clip_pt, tmp_path, vcp_expected["json"]["config"], "--precision", precision)
+    # per-class min-max stretches every difference by 1 / (class range): compare the raw scores
+    np.testing.assert_allclose(saved["image_scores_unnormalized"], vcp_expected["init_scores_unnormalized"],
+                               atol=LOW_PRECISION_MAP_TOLERANCE, rtol=0)
+
+
+def test_vcp_reference_training_losses_on_cuda(vcp_clip_pt, tmp_path, vcp_expected):
+    config = vcp_expected["json"]["config"]
+    run_script("train.py", "--model", "vcp", "--train_data_path", VCP_FIXTURE / "data", "--dataset",
+               config["dataset"], "--clip_weights", vcp_clip_pt, "--init_checkpoint", VCP_FIXTURE / "init.pth",
+               *vcp_settings(config), "--epoch", config["epochs"], "--batch_size", config["batch_size"],
+               "--learning_rate", config["learning_rate"], "--dtp_dropout", "0", "--aug_rate", "-1",
+               "--no_albumentations", "--seed", config["run_seed"], "--save_path", tmp_path, "--device", "cuda")
+    losses = json.loads((tmp_path / "losses.json").read_text())
+    for ours, reference in zip(losses, vcp_expected["json"]["train_steps"], strict=True):
+        assert ours["loss"] == pytest.approx(reference["loss"], abs=1e-5)

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, FIXTURE_SETTINGS, run_script
+from conftest import FIXTURE, FIXTURE_SETTINGS, normalized, run_script
 from PIL import Image
 
-from dataset import AnomalyDataset, DatasetError, load_image, load_mask
+from dataset import AnomalyDataset, DatasetError, load_mask, read_image
 
 
 @pytest.fixture
@@ -42,18 +42,22 @@ def assert_clean_failure(result, *needles):
         assert needle in result.stderr, (needle, result.stderr)
 
 
+@pytest.mark.slow
 def test_missing_file_named_before_any_model_work(data, clip_pt, tmp_path):
     (data / "02/test/ko/002.png").unlink()
     result = run_test_cli(data, clip_pt, tmp_path)
-    assert_clean_failure(result, "02/test/ko/002.png", "do not exist", "generate_dataset_json")
+    assert_clean_failure(result, "02/test/ko/002.png", "does not exist", "Check the dataset root")
+    assert not (tmp_path / "out").exists()  # nothing created before the inputs are checked
 
 
+@pytest.mark.slow
 def test_missing_meta_json(tmp_path, clip_pt):
     (tmp_path / "empty").mkdir()
     result = run_test_cli(tmp_path / "empty", clip_pt, tmp_path)
     assert_clean_failure(result, "meta.json not found", "python -m generate_dataset_json")
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_named_before_any_model_work(data, clip_pt, tmp_path):
     (data / "01/test/ok/001.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     result = run_test_cli(data, clip_pt, tmp_path)
@@ -68,6 +72,7 @@ def test_mask_of_another_size_is_an_error_before_any_model_work(data):
         AnomalyDataset(data, 126)
 
 
+@pytest.mark.slow
 def test_truncated_image_in_a_loader_worker_gives_one_clean_line(data, clip_pt, tmp_path):
     """Its header reads fine, so only decoding (in a DataLoader worker) finds the damage."""
     image = data / "02/test/ok/001.png"
@@ -82,23 +87,30 @@ def test_truncated_image_in_a_loader_worker_gives_one_clean_line(data, clip_pt, 
 
 @pytest.mark.parametrize("value,label", [(0, 0), (1, 1), (True, 1), ("0", 0), ("1", 1), ("false", 0), (1.0, 1)])
 def test_labels_in_meta_json(data, value, label):
-    edit_meta(data, lambda meta: meta["test"]["01"][0].update({"anomaly": value}))
+    def change(meta):
+        item = meta["test"]["01"][0]
+        item.update({"anomaly": value, "mask_path": item["mask_path"] if label else ""})
+
+    edit_meta(data, change)
     assert AnomalyDataset(data, 126).samples[0].anomaly == label
 
 
 def test_unknown_label_is_an_error(data):
     edit_meta(data, lambda meta: meta["test"]["01"][0].update({"anomaly": "maybe"}))
-    with pytest.raises(DatasetError, match=r"01/test/ko/000.png' has anomaly='maybe'; use 0 \(normal\) or 1"):
+    with pytest.raises(DatasetError, match=r"01/test/ko/000.png' \(class '01'\) has anomaly='maybe'; use 0 \(normal\) or 1"):
         AnomalyDataset(data, 126)
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_and_mismatched_checkpoint(data, clip_pt, tmp_path):
     assert_clean_failure(run_script("test.py", "--data_path", data, "--checkpoint_path", tmp_path / "nope.pth",
-                                    "--clip_weights", clip_pt, check=False), "nope.pth not found")
+                                    "--clip_weights", clip_pt, "--save_path", tmp_path / "o", check=False),
+                         "nope.pth: no such file")
     result = run_test_cli(data, clip_pt, tmp_path, "--n_ctx", "5")
-    assert_clean_failure(result, "init.pth was trained with n_ctx=7, but 5 was asked for", "drop --n_ctx")
+    assert_clean_failure(result, "init.pth was made with n_ctx=7, but this run has n_ctx=5", "pass --n_ctx 7")
 
 
+@pytest.mark.slow
 def test_missing_clip_weights_fail_fast_naming_the_flag(data, tmp_path):
     result = run_script("test.py", "--data_path", data, "--checkpoint_path", FIXTURE / "init.pth",
                         "--clip_weights", tmp_path / "ViT-L-14-336px.pt", check=False)
@@ -108,7 +120,7 @@ def test_missing_clip_weights_fail_fast_naming_the_flag(data, tmp_path):
 def test_empty_class_is_skipped_with_a_warning(data, caplog, monkeypatch):
     import logging
 
-    monkeypatch.setattr(logging.getLogger("vip2"), "propagate", True)  # scripts run in-process may have closed it
+    monkeypatch.setattr(logging.getLogger("zsas"), "propagate", True)  # scripts run in-process may have closed it
     edit_meta(data, lambda meta: meta["test"].update({"04": []}))
     dataset = AnomalyDataset(data, 126)
     assert dataset.class_names == ["01", "02", "03"]
@@ -121,6 +133,7 @@ def test_split_without_images_is_an_error(data):
         AnomalyDataset(data, 126)
 
 
+@pytest.mark.slow
 def test_class_without_anomalies_still_evaluates(data, clip_pt, tmp_path):
     """Image AUROC is undefined there: reported as missing, the other classes and metrics unaffected."""
     edit_meta(data, lambda meta: meta["test"].update({"03": [meta["test"]["03"][1]]}))
@@ -133,11 +146,17 @@ def test_class_without_anomalies_still_evaluates(data, clip_pt, tmp_path):
 
 def _reference_pipeline(image: Image.Image, size: int) -> torch.Tensor:
     """SPEC §7 for an 8-bit RGB image: bicubic resize, to RGB, [0, 1], CLIP normalisation."""
-    from dataset import CLIP_MEAN, CLIP_STD
+    from models.base import CLIP_MEAN, CLIP_STD
 
     array = np.asarray(image.resize((size, size), Image.BICUBIC).convert("RGB"), dtype=np.float32) / 255
     return (torch.from_numpy(array).permute(2, 0, 1) - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(
         CLIP_STD).view(3, 1, 1)
+
+
+def _load(path, size):
+    """An image as the model sees it after normalisation."""
+    image, original = read_image(path, size)
+    return normalized(image), original
 
 
 @pytest.fixture
@@ -149,7 +168,7 @@ def rgb_image():
 def test_rgb_and_grayscale_follow_the_reference_pipeline(tmp_path, rgb_image):
     for image in (rgb_image, rgb_image.convert("L")):
         image.save(tmp_path / "x.png")
-        tensor, size = load_image(tmp_path / "x.png", 32)
+        tensor, size = _load(tmp_path / "x.png", 32)
         assert size == (40, 30)
         torch.testing.assert_close(tensor, _reference_pipeline(image, 32), rtol=0, atol=1e-6)
 
@@ -158,13 +177,13 @@ def test_rgba_is_resized_then_converted_like_the_reference(tmp_path, rgb_image):
     rgba = rgb_image.convert("RGBA")
     rgba.putalpha(128)
     rgba.save(tmp_path / "x.png")
-    torch.testing.assert_close(load_image(tmp_path / "x.png", 32)[0], _reference_pipeline(rgba, 32), rtol=0, atol=1e-6)
+    torch.testing.assert_close(_load(tmp_path / "x.png", 32)[0], _reference_pipeline(rgba, 32), rtol=0, atol=1e-6)
 
 
 def test_palette_image_is_converted_to_rgb_before_resizing(tmp_path, rgb_image):
     palette = rgb_image.quantize(colors=16)
     palette.save(tmp_path / "x.png")
-    torch.testing.assert_close(load_image(tmp_path / "x.png", 32)[0],
+    torch.testing.assert_close(_load(tmp_path / "x.png", 32)[0],
                                _reference_pipeline(palette.convert("RGB"), 32), rtol=0, atol=1e-6)
 
 
@@ -173,7 +192,7 @@ def test_16_bit_image_is_scaled_to_8_bit(tmp_path):
     Image.fromarray(values * 257).save(tmp_path / "deep.png")  # 16-bit grayscale PNG
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
     eight_bit = Image.fromarray(values.astype(np.uint8), mode="L")
-    torch.testing.assert_close(load_image(tmp_path / "deep.png", 32)[0], _reference_pipeline(eight_bit, 32),
+    torch.testing.assert_close(_load(tmp_path / "deep.png", 32)[0], _reference_pipeline(eight_bit, 32),
                                rtol=0, atol=1e-6)
 
 

@@ -1,26 +1,13 @@
-"""test.py's inference loop: how work is split between loader processes changes no output."""
+"""test.py's inference loop (inference.py): how work is split between loader processes changes no output."""
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
-from conftest import ROOT, fixture_model
+from conftest import fixture_model
 
-from dataset import AnomalyDataset, normalize_images
+import inference as test_script
+from dataset import AnomalyDataset
 from generate_dataset_json.synthetic import make_synthetic_dataset
-from utils import gaussian_blur
-
-
-def _load_test_script():
-    """test.py by path: `import test` would find the standard library's package."""
-    spec = importlib.util.spec_from_file_location("vip2_test_script", ROOT / "test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-test_script = _load_test_script()
 
 
 @pytest.mark.parametrize(("batch_size", "workers", "chunk"),
@@ -41,31 +28,39 @@ def test_device_batches_rejoin_chunks_in_order(chunk, batch_size, sizes):
     assert torch.cat([b["img"][:, 0] for b in batches]).tolist() == list(range(10))
 
 
+@pytest.mark.slow
 def test_predict_with_loader_processes_matches_single_process(tiny_clip, tmp_path):
     make_synthetic_dataset(tmp_path, classes=("a_synth", "b_synth"), n_normal=3, n_anomalous=2,
                            image_size=(80, 72), seed=3)
-    dataset = AnomalyDataset(tmp_path, 126, split="test", normalize=False)  # as test.py reads it
-    model = fixture_model(tiny_clip)
-    common = dict(precision="fp32", sigma=4.0)
-    single = test_script.predict(model, dataset, torch.device("cpu"), batch_size=4, workers=0, **common)
-    chunked = test_script.predict(model, dataset, torch.device("cpu"), batch_size=4, workers=2, **common)
+    dataset = AnomalyDataset(tmp_path, 126, split="test")  # as test.py reads it
+    model = fixture_model(tiny_clip, sigma=4.0)
+    single = test_script.predict_dataset(model, dataset, torch.device("cpu"), batch_size=4, workers=0,
+                                         precision="fp32")
+    chunked = test_script.predict_dataset(model, dataset, torch.device("cpu"), batch_size=4, workers=2,
+                                          precision="fp32")
     for key in ("gt_masks", "labels"):
         torch.testing.assert_close(chunked[key], single[key], rtol=0, atol=0)
     for key in ("anomaly_maps", "image_scores"):
         torch.testing.assert_close(chunked[key], single[key], rtol=0, atol=1e-6)
     assert single["labels"].tolist() == [int(s.anomaly) for s in dataset.samples]
-    normalized = AnomalyDataset(tmp_path, 126, split="test")  # the float images normalised in the loader
     with torch.no_grad():
-        maps, scores = model(torch.stack([normalized[i]["img"] for i in range(len(normalized))]))
-    torch.testing.assert_close(single["anomaly_maps"], gaussian_blur(maps, 4.0), rtol=0, atol=1e-6)
+        maps, scores = model(torch.stack([dataset[i]["img"] for i in range(len(dataset))]))
+    torch.testing.assert_close(single["anomaly_maps"], maps, rtol=0, atol=1e-6)
     torch.testing.assert_close(single["image_scores"], scores, rtol=0, atol=1e-6)
 
 
-def test_uint8_images_normalised_later_equal_images_normalised_at_load(tmp_path):
+def test_normalisation_equals_torchvision_to_tensor_and_normalize(tmp_path):
+    """The model's uint8 input path gives torchvision's ToTensor + Normalize values, exactly."""
+    from torchvision import transforms
+
+    from models.base import CLIP_MEAN, CLIP_STD, normalize_images
+
     make_synthetic_dataset(tmp_path, classes=("a_synth",), n_normal=1, n_anomalous=1, image_size=(50, 40), seed=1)
-    raw, normalized = AnomalyDataset(tmp_path, 64, normalize=False), AnomalyDataset(tmp_path, 64)
-    assert raw[0]["img"].dtype == torch.uint8 and normalized[0]["img"].dtype == torch.float32
-    torch.testing.assert_close(normalize_images(torch.stack([raw[0]["img"], raw[1]["img"]])),
-                               torch.stack([normalized[0]["img"], normalized[1]["img"]]), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="expects uint8 images"):
-        normalize_images(normalized[0]["img"])
+    dataset = AnomalyDataset(tmp_path, 64)
+    images = torch.stack([dataset[0]["img"], dataset[1]["img"]])
+    assert images.dtype == torch.uint8
+    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize(CLIP_MEAN, CLIP_STD)])
+    expected = torch.stack([reference(image.permute(1, 2, 0).numpy()) for image in images])
+    torch.testing.assert_close(normalize_images(images), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="expects uint8 RGB images"):
+        normalize_images(images.float())

@@ -1,15 +1,18 @@
-"""Properties of the model code that the fixture alone does not pin down."""
+"""Properties of ViP²-CLIP's model code that the fixture alone does not pin down, and of the factory."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, fixture_model
+from conftest import FIXTURE, VCP_FIXTURE, fixture_model, normalized
 from scipy.ndimage import gaussian_filter
 
-from models import ViP2CLIP, ViP2Config, utpa
-from models.checkpoint import CheckpointError, load_weights, read_checkpoint, resolve_config, save_checkpoint
-from utils import gaussian_blur
+from models import CheckpointError, create_model, get_method, method_names, resolve_config
+from models.checkpoint import read_checkpoint, save_checkpoint
+from models.smoothing import gaussian_blur
+from models.vip2 import utpa
+from models.vip2.config import ViP2Config
+from models.vip2.model import ViP2CLIP
 
 
 def test_prompt_buffers_match_the_reference_checkpoint(tiny_clip):
@@ -32,10 +35,10 @@ def test_fix_quirks_changes_normal_prompt_and_global_feature(tiny_clip, fixture_
     assert not torch.equal(fixed.prompt_learner.token_middle_pos, fixed.prompt_learner.token_middle_neg)
     good = tiny_clip.token_embedding.weight[open_clip.tokenize(["good"])[0, 1]]
     torch.testing.assert_close(fixed.prompt_learner.token_middle_pos[0, 0], good)
-    images = torch.nn.functional.interpolate(fixture_batch["img"][:2], size=84, mode="bilinear")
+    images = torch.nn.functional.interpolate(normalized(fixture_batch["img"][:2]), size=84, mode="bilinear")
     standard = torch.nn.functional.normalize(tiny_clip.encode_image(images), dim=-1)
-    torch.testing.assert_close(fixed.extract_features(images).global_feature, standard, rtol=0, atol=1e-6)
-    assert not torch.allclose(quirky.extract_features(images).global_feature, standard, atol=1e-3)
+    torch.testing.assert_close(fixed.extract_features(images)[0], standard, rtol=0, atol=1e-6)
+    assert not torch.allclose(quirky.extract_features(images)[0], standard, atol=1e-3)
 
 
 def test_prompt_encoding_equals_open_clip_text_encoder(tiny_clip):
@@ -53,7 +56,7 @@ def test_anomaly_map_equals_per_layer_upsampling(tiny_clip, fixture_batch):
     """The single upsampling of the averaged map equals the reference's upsample-then-average."""
     model = fixture_model(tiny_clip)
     with torch.no_grad():
-        alignment = model.align(model.extract_features(fixture_batch["img"][:3]))
+        alignment = model.align(model.extract_features(normalized(fixture_batch["img"][:3])))
         per_layer = [(m[:, 1] + 1 - m[:, 0]) / 2 for m in model.probability_maps(alignment)]
         reference = torch.stack(per_layer).mean(0)
         ours = model.anomaly_map(alignment)
@@ -75,7 +78,7 @@ def test_batch_composition_does_not_change_outputs(tiny_clip, fixture_batch):
 def test_other_settings_give_well_formed_outputs(tiny_clip, settings):
     config = ViP2Config(**settings)
     model = ViP2CLIP(tiny_clip, config).eval()
-    images = torch.randn(2, 3, config.image_size, config.image_size)
+    images = torch.randint(0, 256, (2, 3, config.image_size, config.image_size), dtype=torch.uint8)
     with torch.no_grad():
         maps, scores = model(images)
     assert maps.shape == (2, config.image_size, config.image_size)
@@ -113,13 +116,14 @@ def test_checkpoint_records_settings_and_round_trips(tiny_clip, tmp_path):
     save_checkpoint(tmp_path / "epoch_3.pth", model, epoch=3)
     checkpoint = read_checkpoint(tmp_path / "epoch_3.pth")
     assert checkpoint["epoch"] == 3 and set(checkpoint) >= {"prompt_learner", "Zero_try", "settings"}
-    config = resolve_config(checkpoint, "x", {"topk": None, "image_size": None})
+    assert checkpoint["method"] == "vip2" and checkpoint["clip_fingerprint"] == model.clip_fingerprint
+    config = resolve_config("vip2", checkpoint, "x", topk=None, image_size=None)
     assert config == model.config
-    assert resolve_config(checkpoint, "x", {"topk": 10}).topk == 10
-    with pytest.raises(CheckpointError, match="trained with n_ctx=7, but 4 was asked for"):
-        resolve_config(checkpoint, "x", {"n_ctx": 4})
+    assert resolve_config("vip2", checkpoint, "x", topk=10).topk == 10
+    with pytest.raises(CheckpointError, match="made with n_ctx=7, but this run has n_ctx=4: pass --n_ctx 7"):
+        resolve_config("vip2", checkpoint, "x", n_ctx=4)
     clone = fixture_model(tiny_clip, checkpoint=None, topk=30)
-    load_weights(clone, checkpoint, tmp_path / "epoch_3.pth")
+    clone.load_checkpoint(checkpoint, tmp_path / "epoch_3.pth")
     for key, value in model.prompt_learner.state_dict().items():
         torch.testing.assert_close(clone.prompt_learner.state_dict()[key], value, rtol=0, atol=0)
     assert [p.name for p in tmp_path.iterdir()] == ["epoch_3.pth"]
@@ -128,11 +132,11 @@ def test_checkpoint_records_settings_and_round_trips(tiny_clip, tmp_path):
 def test_released_checkpoint_with_other_shapes_names_both(tiny_clip):
     model = fixture_model(tiny_clip, checkpoint=None, n_ctx=5, n_cls=2)
     with pytest.raises(CheckpointError, match=r"n_ctx=5, n_cls=2.*ctx_pos: checkpoint \(7, 128\) vs model \(5, 128\)"):
-        load_weights(model, read_checkpoint(FIXTURE / "init.pth"), FIXTURE / "init.pth")
+        model.load_checkpoint(read_checkpoint(FIXTURE / "init.pth"), FIXTURE / "init.pth")
 
 
 def test_released_checkpoint_settings_come_from_shapes():
-    config = resolve_config(read_checkpoint(FIXTURE / "init.pth"), "init.pth", {"image_size": 126})
+    config = resolve_config("vip2", read_checkpoint(FIXTURE / "init.pth"), "init.pth", image_size=126)
     assert (config.n_ctx, config.n_cls, config.image_size, config.topk) == (7, 3, 126, 50)
 
 
@@ -142,6 +146,7 @@ def _clip_cli_env(home):
     return dict(os.environ, HOME=str(home), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
+@pytest.mark.slow
 def test_openai_tag_uses_the_clip_cache(tmp_path, clip_pt):
     """`--clip_weights openai` (the default) finds ~/.cache/clip/ViT-L-14-336px.pt without any network."""
     import shutil
@@ -162,6 +167,7 @@ def test_openai_tag_uses_the_clip_cache(tmp_path, clip_pt):
     assert (tmp_path / "out" / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_openai_tag_offline_without_cache_fails_fast_naming_the_flag(tmp_path):
     import subprocess
     import sys
@@ -184,3 +190,39 @@ def test_input_smaller_than_a_patch_is_a_clear_error(tiny_clip):
 def test_prompt_longer_than_the_context_is_a_clear_error(tiny_clip):
     with pytest.raises(ValueError, match="--n_ctx 70 plus --n_cls 5 exceeds the 74 prompt tokens"):
         ViP2CLIP(tiny_clip, ViP2Config(n_ctx=70, n_cls=5, image_size=126, features_list=(1,)))
+
+
+def test_every_method_is_registered_and_torch_free_to_list():
+    assert method_names()[0] == "vip2" and "vcp" in method_names()
+    with pytest.raises(ValueError, match="unknown method 'nope': choose one of vip2, vcp"):
+        get_method("nope")
+
+
+def test_a_checkpoint_of_the_other_method_names_the_right_model(tiny_clip):
+    with pytest.raises(CheckpointError, match=r"is a VCP-CLIP checkpoint, not ViP²-CLIP: pass --model vcp"):
+        create_model("vip2", clip=tiny_clip, checkpoint=VCP_FIXTURE / "init.pth", image_size=126,
+                     features_list=(1, 2, 3, 4))
+    with pytest.raises(CheckpointError, match=r"is a ViP²-CLIP checkpoint, not VCP-CLIP: pass --model vip2"):
+        resolve_config("vcp", read_checkpoint(FIXTURE / "init.pth"), FIXTURE / "init.pth")
+
+
+def test_checkpoint_used_with_other_clip_weights_is_warned(tiny_clip, tmp_path, caplog):
+    model = fixture_model(tiny_clip)
+    save_checkpoint(tmp_path / "epoch_1.pth", model, epoch=1)
+    other = fixture_model(tiny_clip)  # same weights: no warning
+    checkpoint = read_checkpoint(tmp_path / "epoch_1.pth")
+    checkpoint["clip_fingerprint"] = "0123456789abcdef"
+    with caplog.at_level("WARNING", logger="zsas.models"):
+        create_model("vip2", clip=tiny_clip, checkpoint=checkpoint)
+    assert "trained on other CLIP weights" in caplog.text and other.clip_fingerprint == model.clip_fingerprint
+
+
+def test_image_size_off_the_patch_grid_is_warned(tiny_clip):
+    with pytest.warns(UserWarning, match="--image_size 130 is not a multiple of the 14 px patch.*126 or 140"):
+        fixture_model(tiny_clip, checkpoint=None, image_size=130)
+
+
+def test_the_model_takes_uint8_only(tiny_clip, fixture_batch):
+    model = fixture_model(tiny_clip)
+    with pytest.raises(ValueError, match="expects uint8 RGB images"):
+        model(normalized(fixture_batch["img"][:1]))

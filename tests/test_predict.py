@@ -12,9 +12,7 @@ from PIL import Image
 
 import predict
 import visualization
-from dataset import load_image
-from models import SMOOTHING_SIGMA
-from utils import gaussian_blur
+from dataset import read_image
 
 SIZE = 126
 MODEL_ARGS = ["--checkpoint_path", str(FIXTURE / "init.pth"), "--clip_weights", str(FIXTURE / "clip_tiny.npz"),
@@ -52,13 +50,13 @@ def read_scores(out_dir: Path) -> list[dict]:
 
 def expected_scores(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Image scores and smoothed maps computed directly with the model, for comparison."""
-    from models import load_clip
+    from models.clip_loader import load_clip
 
     model = fixture_model(load_clip(str(FIXTURE / "clip_tiny.npz")))
-    images = torch.stack([load_image(path, SIZE)[0] for path in paths])
+    images = torch.stack([read_image(path, SIZE)[0] for path in paths])
     with torch.inference_mode():
-        raw_maps, scores = model(images)
-    return scores.numpy(), gaussian_blur(raw_maps, SMOOTHING_SIGMA).numpy()
+        maps, scores = model(images)
+    return scores.numpy(), maps.numpy()
 
 
 def test_folder_with_a_corrupt_file(image_folder, tmp_path):
@@ -120,7 +118,8 @@ def test_checkpoint_error_is_one_clear_line(image_folder, tmp_path, monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         predict.run_cli()
     message = str(exit_info.value.code)
-    assert message.startswith("predict.py: checkpoint") and "nope.pth" in message and "\n" not in message
+    assert message.startswith("predict.py: --checkpoint_path") and "nope.pth" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()  # nothing is created before the inputs are checked
 
 
 def test_refuses_to_overwrite_its_inputs(image_folder):
@@ -151,3 +150,29 @@ def test_a_glob_overlapping_a_folder_is_not_reported_as_matching_nothing(tmp_pat
                                    tmp_path / "out")
     assert sorted(p.name for p in paths) == ["a.png", "b.jpg"]
     assert unmatched == [str(tmp_path / "none*.png")]
+
+
+def test_an_earlier_run_is_refused_unless_overwrite(image_folder, tmp_path):
+    out_dir = tmp_path / "out"
+    predict.main([str(image_folder["images"][0]), "--out", str(out_dir), *MODEL_ARGS])
+    before = (out_dir / predict.SCORES_FILE).read_text()
+    with pytest.raises(ValueError, match="already holds an earlier run's scores.csv.*--overwrite"):
+        predict.main([str(image_folder["images"][1]), "--out", str(out_dir), *MODEL_ARGS])
+    assert (out_dir / predict.SCORES_FILE).read_text() == before
+    assert predict.main([str(image_folder["images"][1]), "--out", str(out_dir), "--overwrite", *MODEL_ARGS]) == 1
+
+
+def test_vcp_scores_are_normalised_over_the_run(image_folder, tmp_path):
+    from conftest import VCP_FIXTURE
+
+    out_dir = tmp_path / "out"
+    args = ["--model", "vcp", "--checkpoint_path", str(VCP_FIXTURE / "init.pth"), "--clip_weights",
+            str(VCP_FIXTURE / "clip_tiny.npz"), *FIXTURE_SETTINGS, "--device", "cpu"]
+    assert predict.main([str(image_folder["root"]), "--out", str(out_dir), "--save_raw", *args]) == 3
+    rows = read_scores(out_dir)
+    scores = sorted(float(row["image_score"]) for row in rows)
+    assert scores[0] == 0 and scores[-1] == 1  # min-max over the run's images, as the reference does per class
+    raw = [float(row["raw_score"]) for row in rows]
+    assert len(set(raw)) == 3 and all(1 < value < 2 for value in raw)  # two branch means of probabilities
+    maps = np.stack([np.load(out_dir / row["map"]) for row in rows])
+    assert maps.min() == 0 and maps.max() == 1

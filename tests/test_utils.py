@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import runtime
 import utils
 
 
@@ -22,15 +23,15 @@ def test_cgroup_cpu_quota(tmp_path, files, cpus):
     for name, text in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert utils.cgroup_cpu_quota(tmp_path) == cpus
+    assert runtime.cgroup_cpu_quota(tmp_path) == cpus
 
 
 def test_default_workers_follow_the_quota_and_the_cap(monkeypatch):
-    monkeypatch.setattr(utils.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
-    monkeypatch.setattr(utils, "cgroup_cpu_quota", lambda: 6)
-    assert utils.default_workers() == 6
-    monkeypatch.setattr(utils, "cgroup_cpu_quota", lambda: None)
-    assert utils.default_workers() == utils.MAX_LOADER_WORKERS
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr(runtime, "cgroup_cpu_quota", lambda: 6)
+    assert runtime.default_workers() == 6
+    monkeypatch.setattr(runtime, "cgroup_cpu_quota", lambda: None)
+    assert runtime.default_workers() == runtime.MAX_LOADER_WORKERS
 
 
 class _Unsaveable:
@@ -49,8 +50,8 @@ def test_atomic_savez_leaves_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_small_shared_memory_is_reported_before_loader_processes_start(monkeypatch):
-    monkeypatch.setattr(utils.os, "statvfs", lambda folder: SimpleNamespace(f_bavail=16384, f_frsize=4096))  # 64 MB
-    message = utils.shared_memory_warning(workers=16, images_per_task=2, image_size=518)
+    monkeypatch.setattr(runtime.os, "statvfs", lambda folder: SimpleNamespace(f_bavail=16384, f_frsize=4096))  # 64 MB
+    message = runtime.shared_memory_warning(workers=16, images_per_task=2, image_size=518)
     assert "64 MB free" in message and "--shm-size" in message and "--num_workers" in message
-    assert utils.shared_memory_warning(workers=0, images_per_task=2, image_size=518) is None
-    assert utils.shared_memory_warning(workers=2, images_per_task=1, image_size=112) is None  # 0.2 MB needed
+    assert runtime.shared_memory_warning(workers=0, images_per_task=2, image_size=518) is None
+    assert runtime.shared_memory_warning(workers=2, images_per_task=1, image_size=112) is None  # 0.2 MB needed

@@ -1,0 +1,67 @@
+"""`create_model`: the one way every script, benchmark and test builds a model (open_clip's factory is the model followed).
+
+    model = create_model("vip2", clip_weights="ViT-L-14-336px.pt", checkpoint="epoch_10.pth")
+    maps, scores = model(uint8_images)            # smoothed maps [N, S, S], image scores [N]
+
+Settings come, in order of precedence, from the keyword arguments (None: not given), what
+the checkpoint recorded (or its tensors tell), and the method's defaults. torch and
+open_clip are imported only when a model is built.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from .registry import get_method
+
+log = logging.getLogger("zsas.models")
+
+
+def resolve_config(name: str, checkpoint: dict | None = None, path=None, flag: str = "--checkpoint_path",
+                   **settings):
+    """The method's settings for a model (and a checkpoint, when one is given), checked."""
+    from .checkpoint import check_method, resolve_settings
+
+    method = get_method(name)
+    if checkpoint is None:
+        return resolve_settings(method.config, {}, settings, path, flag)
+    check_method(checkpoint, method, path, flag)
+    recorded = method.model_class().recorded_settings(checkpoint)
+    return resolve_settings(method.config, recorded, settings, path, flag)
+
+
+def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | os.PathLike | dict | None = None,
+                 checkpoint_flag: str = "--checkpoint_path", clip=None, device=None, **settings):
+    """Build method `name`'s model on a frozen CLIP, optionally loading a checkpoint.
+
+    checkpoint: a path, or a dict already read with `models.checkpoint.read_checkpoint`.
+    clip: an already built open_clip CLIP (tests reuse one); otherwise `clip_weights` is loaded.
+    Returns the model in eval mode, on `device` when given.
+    """
+    from .checkpoint import read_checkpoint
+    from .clip_loader import build_clip, read_clip_state_dict, resolve_clip_weights
+
+    method = get_method(name)
+    model_class = method.model_class()
+    path = None
+    if checkpoint is not None and not isinstance(checkpoint, dict):
+        path = Path(checkpoint)
+        checkpoint = read_checkpoint(path, checkpoint_flag)
+    config = resolve_config(name, checkpoint, path, checkpoint_flag, **settings)
+    if clip is None:
+        clip = build_clip(read_clip_state_dict(resolve_clip_weights(clip_weights)), quick_gelu=model_class.quick_gelu)
+    model = model_class(clip, config)
+    from .checkpoint import clip_fingerprint
+
+    model.clip_fingerprint = clip_fingerprint(clip)
+    if checkpoint is not None:
+        model.load_checkpoint(checkpoint, path)
+        recorded = checkpoint.get("clip_fingerprint")
+        if recorded and recorded != model.clip_fingerprint:
+            log.warning("%s was trained on other CLIP weights (fingerprint %s) than --clip_weights %s (%s): "
+                        "its maps and scores will not be what it was trained for", path, recorded, clip_weights,
+                        model.clip_fingerprint)
+    if device is not None:
+        model.to(device)
+    return model.eval()

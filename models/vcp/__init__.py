@@ -1,0 +1,6 @@
+"""VCP-CLIP: a unified text prompt with deep text prompts, Pre-VCP and Post-VCP visual context (ECCV 2024)."""
+from ..registry import Method, register_method
+from .config import VCPConfig, VCPTraining
+
+METHOD = register_method(Method(name="vcp", title="VCP-CLIP", config=VCPConfig, training=VCPTraining,
+                                model="models.vcp.model:VCPCLIP"))
