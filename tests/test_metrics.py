@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import metrics  # noqa: E402
+from metric_kernels import arrays, aupro, grouping, regions  # noqa: E402
 from metrics_oracle import cal_pro_score, exact_pro_score, oracle_class_metrics  # noqa: E402
 
 TOLERANCE = 1e-6
@@ -82,8 +83,8 @@ def test_heavy_ties_match_the_oracle(levels, pro_mode):
 def test_sorts_and_curves_streamed_in_small_blocks_give_the_same_numbers(monkeypatch, pro_mode):
     maps, masks, scores, labels = synthetic_class(7, quantise=50)
     whole = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
-    monkeypatch.setattr(metrics._NumpyOps, "chunk", 7)
-    monkeypatch.setattr(metrics, "_BLOCK", 5)  # runs of tied scores cross block boundaries
+    monkeypatch.setattr(arrays.NumpyOps, "chunk", 7)
+    monkeypatch.setattr(grouping, "BLOCK", 5)  # runs of tied scores cross block boundaries
     chunked = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
     assert_matches(chunked, whole, tolerance=1e-12)
 
@@ -97,7 +98,7 @@ def test_tiny_border_and_diagonal_regions_are_8_connected_regions():
     masks[1, :, 0] = 1  # a region along the border
     masks[2, size - 2:, 3:9] = 1  # a region cut by the border
     with_empty = np.concatenate([masks[:1], np.zeros_like(masks[:1]), masks[1:]]).astype(bool)
-    positive_regions, n_regions = metrics._positive_regions(with_empty)
+    positive_regions, n_regions = regions.positive_regions(with_empty)
     assert n_regions == sum(measure.label(mask).max() for mask in masks) == 7
     expected, offset = [], 0
     for mask in with_empty:  # skimage numbers each image's regions in raster order, as the reference saw them
@@ -219,7 +220,7 @@ def test_threshold_comparisons_in_float32_equal_those_in_float64():
         np.nextafter(values[::41].astype(np.float64), 2.0),  # just above one
         np.nextafter(values[::43].astype(np.float64), -1.0),  # just below one
     ])
-    rounded = metrics._at_or_below_in(thresholds, np.float32)
+    rounded = aupro.at_or_below_in(thresholds, np.float32)
     assert rounded.dtype == np.float32
     expected = (values[:, None].astype(np.float64) <= thresholds).sum(axis=0)
     assert np.array_equal(np.searchsorted(values, rounded, side="right"), expected)
@@ -231,9 +232,9 @@ def test_sklearn_auc_semantics_including_negative_zero():
         x = np.sort(rng.random(rng.integers(2, 30)))
         y = rng.random(x.size)
         for xs in (x, x[::-1].copy()):
-            assert metrics._auc_like_sklearn(xs, y) == sklearn_auc(xs, y)
+            assert aupro.auc_like_sklearn(xs, y) == sklearn_auc(xs, y)
     decreasing, zeros = np.array([1.0, 0.5, 0.0]), np.zeros(3)
-    assert math.copysign(1, metrics._auc_like_sklearn(decreasing, zeros)) == -1
+    assert math.copysign(1, aupro.auc_like_sklearn(decreasing, zeros)) == -1
     assert math.copysign(1, sklearn_auc(decreasing, zeros)) == -1
 
 
@@ -265,7 +266,7 @@ def test_torch_path_gives_the_numpy_numbers(monkeypatch, pro_mode):
     expected = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
     tensors = (torch.from_numpy(maps), torch.from_numpy(masks), torch.from_numpy(scores), torch.from_numpy(labels))
     assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode, backend="torch"), expected, 1e-12)
-    monkeypatch.setattr(metrics._TorchOps, "chunk", 5)
+    monkeypatch.setattr(arrays.TorchOps, "chunk", 5)
     assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode, backend="torch"), expected, 1e-12)
     assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode), expected, 1e-12)  # CPU tensor: numpy
 
