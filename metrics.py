@@ -3,8 +3,9 @@
 The usual evaluation code calls scikit-learn on tens of millions of pixels and computes
 AUPRO by thresholding every map 200 times and looping over every ground-truth region.
 Here one sort of a class's pixel scores gives the whole ranking curve (AUROC, AP,
-F1-max and the false positives at every AUPRO threshold), and the true positives of
-every region at every threshold come from one `bincount` over (region, threshold bin).
+F1-max, VCP-CLIP's F1-max threshold and the IoU there, and the false positives at every
+AUPRO threshold), and the true positives of every region at every threshold come from
+one `bincount` over (region, threshold bin).
 The numbers equal scikit-learn's and the reference's to floating-point rounding
 (`tests/test_metrics.py` checks them against the straightforward implementation).
 
@@ -65,9 +66,13 @@ __all__ = [
     "main",
 ]
 
-METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1", "pixel_aupro", "image_auroc", "image_ap", "image_f1")
-PIXEL_KEYS = METRIC_KEYS[:4]
-IMAGE_KEYS = METRIC_KEYS[4:]
+# VCP-CLIP's two pixel metrics (SPEC_VCP §10) come last, so that the first seven keep their places:
+# pixel_iou is the IoU of `map > pixel_threshold`, the score where the pixel F1 is largest.
+METRIC_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1", "pixel_aupro", "image_auroc", "image_ap", "image_f1",
+               "pixel_iou", "pixel_threshold")
+PIXEL_KEYS = tuple(key for key in METRIC_KEYS if key.startswith("pixel_"))
+IMAGE_KEYS = tuple(key for key in METRIC_KEYS if key.startswith("image_"))
+SCORE_KEYS = ("pixel_threshold",)  # a map score, not a fraction: printed as it is
 PRO_MODES = ("official", "exact")
 # The values of the reference's `--metrics` flag, and what each one reports.
 LEVELS = {
@@ -78,16 +83,19 @@ LEVELS = {
 
 PIXEL_F1_EPSILON = 1e-8  # added to the pixel F1 denominator by the reference
 
-# Column order of the reference's table, and readable headers.
-TABLE_COLUMNS = ("pixel_auroc", "pixel_aupro", "pixel_f1", "pixel_ap", "image_auroc", "image_ap", "image_f1")
+# Column order of the reference's table (VCP-CLIP's IoU with the pixel metrics, its threshold last), and headers.
+TABLE_COLUMNS = ("pixel_auroc", "pixel_aupro", "pixel_f1", "pixel_ap", "pixel_iou", "image_auroc", "image_ap",
+                 "image_f1", "pixel_threshold")
 HEADERS = {
     "pixel_auroc": "pixel AUROC",
     "pixel_aupro": "pixel AUPRO",
     "pixel_f1": "pixel F1-max",
     "pixel_ap": "pixel AP",
+    "pixel_iou": "pixel IoU",
     "image_auroc": "image AUROC",
     "image_ap": "image AP",
     "image_f1": "image F1-max",
+    "pixel_threshold": "F1 threshold",
 }
 MEAN_ROW = "mean"
 
@@ -172,7 +180,8 @@ def _image_metrics(image_scores, labels, wanted_keys, cls_name) -> dict:
 
 def class_metrics(anomaly_maps, gt_masks, image_scores, labels, *, pro_mode="official",
                   keys=METRIC_KEYS, cls_name="", backend="auto") -> dict:
-    """Metrics of one class as fractions in [0, 1]; NaN (with a warning) where undefined.
+    """Metrics of one class as fractions in [0, 1] (pixel_threshold: a map score); NaN (with a
+    warning) where undefined.
 
     anomaly_maps: [N, H, W] float, numpy or torch (a CUDA tensor is scored on its device);
     gt_masks: [N, H, W] in {0, 1}; image_scores, labels: [N]. Maps and masks may be None
@@ -272,19 +281,22 @@ def classes_left_out(results: dict, keys=METRIC_KEYS) -> dict:
 
 
 def format_table(results: dict, keys=METRIC_KEYS) -> str:
-    """The reference's table (classes, then the mean; percentages with one decimal)."""
+    """The reference's table (classes, then the mean; percentages with one decimal, the
+    F1 threshold as a score with three, as VCP-CLIP's reference prints it)."""
     from tabulate import tabulate
 
     rows_present = [cls for cls in results if cls != MEAN_ROW] + ([MEAN_ROW] if MEAN_ROW in results else [])
     columns = [key for key in TABLE_COLUMNS
                if key in keys and any(key in results[cls] for cls in rows_present)]
 
-    def cell(value):
+    def cell(key, value):
         if value is None or math.isnan(value):
             return "n/a"
+        if key in SCORE_KEYS:
+            return f"{value + 0.0:.3f}"
         return f"{100 * value + 0.0:.1f}"  # + 0.0 prints the reference's -0.0 as 0.0
 
-    rows = [[cls] + [cell(results[cls].get(key, math.nan)) for key in columns] for cls in rows_present]
+    rows = [[cls] + [cell(key, results[cls].get(key, math.nan)) for key in columns] for cls in rows_present]
     table = tabulate(rows, headers=["objects"] + [HEADERS[key] for key in columns], tablefmt="pipe",
                      disable_numparse=True, colalign=("left",) + ("right",) * len(columns))
     undefined = {}  # class -> the columns where it is n/a
@@ -342,8 +354,9 @@ def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="metrics.py",
         description="Score saved anomaly maps per class (SPEC §9) without re-running the model: "
-                    "pixel AUROC / AP / F1-max / AUPRO and image AUROC / AP / F1-max, plus their mean "
-                    "over classes. Prints the table; values are percentages there and fractions in the JSON.",
+                    "pixel AUROC / AP / F1-max / AUPRO / IoU at the F1-max threshold (SPEC_VCP §10) and "
+                    "image AUROC / AP / F1-max, plus their mean over classes. Prints the table; values are "
+                    "percentages there and fractions in the JSON (the F1 threshold is a map score in both).",
         epilog="Undefined values (a class without anomalous or without normal images, for example) "
                "are reported as n/a (null in the JSON) with a warning and left out of the mean.",
     )

@@ -57,6 +57,9 @@ class NumpyOps:
     def minimum(self, values, bound):
         return np.minimum(values, bound)
 
+    def last_index_of_max(self, values) -> int:
+        return int(np.flatnonzero(values == values.max())[-1])
+
 
 class TorchOps:
     name = "torch"
@@ -109,6 +112,9 @@ class TorchOps:
 
     def minimum(self, values, bound):
         return self.torch.clamp(values, max=bound)
+
+    def last_index_of_max(self, values) -> int:
+        return int(self.torch.nonzero(values == values.max())[-1, 0])
 
 
 def is_torch_tensor(value) -> bool:

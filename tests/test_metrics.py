@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import metrics  # noqa: E402
 from metric_kernels import arrays, aupro, grouping, regions  # noqa: E402
-from metrics_oracle import cal_pro_score, exact_pro_score, oracle_class_metrics  # noqa: E402
+from metrics_oracle import cal_pro_score, exact_pro_score, f1_threshold_and_iou, oracle_class_metrics  # noqa: E402
 
 TOLERANCE = 1e-6
 FIXTURE = ROOT / "tests" / "fixtures" / "vip2_tiny"
@@ -236,6 +236,58 @@ def test_sklearn_auc_semantics_including_negative_zero():
     decreasing, zeros = np.array([1.0, 0.5, 0.0]), np.zeros(3)
     assert math.copysign(1, aupro.auc_like_sklearn(decreasing, zeros)) == -1
     assert math.copysign(1, sklearn_auc(decreasing, zeros)) == -1
+
+
+# --- VCP-CLIP's F1-max threshold and IoU ----------------------------------------------------
+
+def _threshold_and_iou(maps, masks, backend, chunk, monkeypatch):
+    ops_class = arrays.TorchOps if backend == "torch" else arrays.NumpyOps
+    monkeypatch.setattr(ops_class, "chunk", chunk)
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        maps, masks = torch.from_numpy(maps), torch.from_numpy(masks)
+    ours = metrics.class_metrics(maps, masks, None, None, keys=["pixel_threshold", "pixel_iou"], backend=backend)
+    return ours["pixel_threshold"], ours["pixel_iou"]
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 3])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("seed, levels", [(0, None), (1, None), (2, 8), (3, 40), (4, 3)])
+def test_f1_threshold_and_iou_equal_the_reference_exactly(monkeypatch, seed, levels, backend, chunk):
+    """The same threshold (not merely a close one) and the same IoU, on distinct and on heavily tied scores."""
+    maps, masks, _, _ = synthetic_class(seed, n_images=5, quantise=levels)
+    assert _threshold_and_iou(maps, masks, backend, chunk, monkeypatch) == f1_threshold_and_iou(masks, maps)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 1, 2])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_equal_f1_maxima_pick_the_lowest_threshold_as_np_argmax_does(monkeypatch, backend, chunk):
+    # Scores 0.9 (defect), 0.8, 0.7 (normal), 0.6 (defect): at 0.9 P = 1, R = 1/2 and at 0.6 P = 1/2,
+    # R = 1, the same F1 to the last bit. np.argmax over increasing thresholds takes 0.6; `> 0.6` then
+    # predicts 0.9, 0.8 and 0.7: IoU 1/4 (at 0.9 it would have been 0).
+    maps = np.array([[[0.9, 0.8, 0.7, 0.6]]], dtype=np.float32)
+    masks = np.array([[[1, 0, 0, 1]]], dtype=np.uint8)
+    assert f1_threshold_and_iou(masks, maps) == (float(np.float32(0.6)), 0.25)
+    assert _threshold_and_iou(maps, masks, backend, chunk, monkeypatch) == (float(np.float32(0.6)), 0.25)
+
+
+def test_installed_scikit_learn_keeps_the_curve_below_full_recall():
+    """The reference's argmax runs over scikit-learn's thresholds: 1.9 keeps every distinct score
+    (older releases cut the curve at the first full-recall point, which changes no argmax: below
+    it recall stays 1 and precision only falls)."""
+    from sklearn.metrics import precision_recall_curve
+
+    _, recalls, thresholds = precision_recall_curve([1, 0, 1, 0], [0.9, 0.8, 0.6, 0.1])
+    assert thresholds.tolist() == [0.1, 0.6, 0.8, 0.9] and recalls.tolist() == [1.0, 1.0, 0.5, 0.5, 0.0]
+
+
+def test_f1_threshold_and_iou_are_pixel_level_and_undefined_without_normal_pixels():
+    assert {"pixel_iou", "pixel_threshold"} <= set(metrics.LEVELS["pixel-level"]) - set(metrics.IMAGE_KEYS)
+    maps, _, _, _ = synthetic_class(59, n_images=2)
+    with pytest.warns(metrics.UndefinedMetricWarning, match="'full':.*pixel_iou, pixel_threshold.*no normal pixel"):
+        ours = metrics.class_metrics(maps, np.ones(maps.shape, np.uint8), None, None, keys=metrics.PIXEL_KEYS,
+                                     cls_name="full")
+    assert all(math.isnan(value) for value in ours.values())
 
 
 # --- the reference fixture ----------------------------------------------------------------
