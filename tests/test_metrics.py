@@ -312,15 +312,21 @@ def test_reference_fixture_metrics(run):
 # --- torch --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pro_mode", metrics.PRO_MODES)
-def test_torch_path_gives_the_numpy_numbers(monkeypatch, pro_mode):
+def test_torch_path_gives_the_oracle_and_numpy_numbers(monkeypatch, pro_mode):
+    """Each path against the oracle (so a bug shared by both fails), and torch against numpy to rounding."""
     torch = pytest.importorskip("torch")
     maps, masks, scores, labels = synthetic_class(19, n_images=7, quantise=40)
-    expected = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
+    oracle = oracle_class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
+    through_numpy = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
+    assert_matches(through_numpy, oracle)
     tensors = (torch.from_numpy(maps), torch.from_numpy(masks), torch.from_numpy(scores), torch.from_numpy(labels))
-    assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode, backend="torch"), expected, 1e-12)
-    monkeypatch.setattr(arrays.TorchOps, "chunk", 5)
-    assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode, backend="torch"), expected, 1e-12)
-    assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode), expected, 1e-12)  # CPU tensor: numpy
+    for chunk in (arrays.TorchOps.chunk, 5):
+        monkeypatch.setattr(arrays.TorchOps, "chunk", chunk)
+        through_torch = metrics.class_metrics(*tensors, pro_mode=pro_mode, backend="torch")
+        assert_matches(through_torch, oracle)
+        assert_matches(through_torch, through_numpy, 1e-12)
+    assert arrays.choose_ops(tensors[0], "auto").name == "numpy"  # a CPU tensor is scored with numpy
+    assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode), oracle)
 
 
 def test_evaluate_takes_torch_tensors_and_non_contiguous_classes():
@@ -332,8 +338,8 @@ def test_evaluate_takes_torch_tensors_and_non_contiguous_classes():
     as_tensors = [torch.from_numpy(array) for array in stacked]
     results = metrics.evaluate(*as_tensors, list(cls_names), backend="torch")
     assert list(results) == ["a", "b", "mean"]
-    assert_matches(results["a"], metrics.class_metrics(*first), 1e-12)
-    assert_matches(results["b"], metrics.class_metrics(*second), 1e-12)
+    assert_matches(results["a"], oracle_class_metrics(*first))
+    assert_matches(results["b"], oracle_class_metrics(*second))
 
 
 # --- undefined metrics, the mean, the table -----------------------------------------------
@@ -479,6 +485,7 @@ def _save_maps(path, with_empty_class=True):
     return maps, masks, scores, labels, cls_names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pro_mode", metrics.PRO_MODES)
 def test_command_line_prints_the_table_and_writes_json(tmp_path, pro_mode):
     arrays = _save_maps(tmp_path / "maps.npz")
@@ -501,6 +508,7 @@ def test_command_line_prints_the_table_and_writes_json(tmp_path, pro_mode):
     assert [path.name for path in out.parent.iterdir()] == ["metrics.json"]  # no temporary left behind
 
 
+@pytest.mark.slow
 def test_command_line_metric_level_and_errors(tmp_path):
     _save_maps(tmp_path / "maps.npz", with_empty_class=False)
     run = [sys.executable, str(ROOT / "metrics.py")]
@@ -550,6 +558,7 @@ def test_torch_path_accepts_inference_mode_tensors():
             assert through_torch[cls_name][key] == pytest.approx(value, abs=1e-12, nan_ok=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["masks_0_255", "class_named_mean", "text", "empty", "truncated"])
 def test_cli_reports_bad_files_in_one_line(tmp_path, case):
     rng = np.random.default_rng(0)
