@@ -1,7 +1,8 @@
 """The straightforward metric implementations that `metrics.py` must agree with.
 
-Slow on purpose: scikit-learn on every pixel, the reference's AUPRO loop verbatim, and
-an independent loop over every distinct threshold for MVTec AD's exact AUPRO. Used by
+Slow on purpose: scikit-learn on every pixel, the reference's AUPRO loop verbatim, an
+independent loop over every distinct threshold for MVTec AD's exact AUPRO, and VCP-CLIP's
+F1-max threshold and IoU as its `test.py` computes them. Used by
 the tests and by `benchmarks/metrics_bench.py`; never by the project itself.
 """
 
@@ -80,6 +81,18 @@ def f1_max(y_true, y_score, epsilon=0.0):
     return float(np.max(f1_scores[np.isfinite(f1_scores)]))
 
 
+def f1_threshold_and_iou(gt_masks, anomaly_maps, epsilon=1e-8):
+    """VCP-CLIP's reference, verbatim in substance: the curve threshold at np.argmax of the pixel
+    F1 (the first maximum, thresholds increasing), and the IoU of `maps > threshold` with the masks."""
+    gt, maps = np.asarray(gt_masks).ravel(), np.asarray(anomaly_maps).ravel()
+    precisions, recalls, thresholds = precision_recall_curve(gt, maps)
+    f1_scores = (2 * precisions * recalls) / (precisions + recalls + epsilon)
+    best_threshold = thresholds[np.argmax(f1_scores)]
+    prediction = maps > best_threshold
+    iou = np.sum(np.logical_and(prediction, gt)) / np.sum(np.logical_or(prediction, gt))
+    return float(best_threshold), float(iou)
+
+
 def oracle_class_metrics(anomaly_maps, gt_masks, image_scores, labels, pro_mode="official"):
     """Every metric of one class, the slow way (all classes of labels must be present)."""
     gt, maps = gt_masks.ravel(), anomaly_maps.ravel()
@@ -87,6 +100,7 @@ def oracle_class_metrics(anomaly_maps, gt_masks, image_scores, labels, pro_mode=
         aupro = cal_pro_score(gt_masks, anomaly_maps)
     else:
         aupro = exact_pro_score(gt_masks, anomaly_maps)
+    threshold, iou = f1_threshold_and_iou(gt_masks, anomaly_maps)
     return {
         "pixel_auroc": roc_auc_score(gt, maps),
         "pixel_ap": average_precision_score(gt, maps),
@@ -95,4 +109,6 @@ def oracle_class_metrics(anomaly_maps, gt_masks, image_scores, labels, pro_mode=
         "image_auroc": roc_auc_score(labels, image_scores),
         "image_ap": average_precision_score(labels, image_scores),
         "image_f1": f1_max(labels, image_scores),
+        "pixel_iou": iou,
+        "pixel_threshold": threshold,
     }

@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import metrics  # noqa: E402
-from metrics_oracle import cal_pro_score, exact_pro_score, oracle_class_metrics  # noqa: E402
+from metric_kernels import arrays, aupro, grouping, regions  # noqa: E402
+from metrics_oracle import cal_pro_score, exact_pro_score, f1_threshold_and_iou, oracle_class_metrics  # noqa: E402
 
 TOLERANCE = 1e-6
 FIXTURE = ROOT / "tests" / "fixtures" / "vip2_tiny"
@@ -82,8 +83,8 @@ def test_heavy_ties_match_the_oracle(levels, pro_mode):
 def test_sorts_and_curves_streamed_in_small_blocks_give_the_same_numbers(monkeypatch, pro_mode):
     maps, masks, scores, labels = synthetic_class(7, quantise=50)
     whole = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
-    monkeypatch.setattr(metrics._NumpyOps, "chunk", 7)
-    monkeypatch.setattr(metrics, "_BLOCK", 5)  # runs of tied scores cross block boundaries
+    monkeypatch.setattr(arrays.NumpyOps, "chunk", 7)
+    monkeypatch.setattr(grouping, "BLOCK", 5)  # runs of tied scores cross block boundaries
     chunked = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
     assert_matches(chunked, whole, tolerance=1e-12)
 
@@ -97,7 +98,7 @@ def test_tiny_border_and_diagonal_regions_are_8_connected_regions():
     masks[1, :, 0] = 1  # a region along the border
     masks[2, size - 2:, 3:9] = 1  # a region cut by the border
     with_empty = np.concatenate([masks[:1], np.zeros_like(masks[:1]), masks[1:]]).astype(bool)
-    positive_regions, n_regions = metrics._positive_regions(with_empty)
+    positive_regions, n_regions = regions.positive_regions(with_empty)
     assert n_regions == sum(measure.label(mask).max() for mask in masks) == 7
     expected, offset = [], 0
     for mask in with_empty:  # skimage numbers each image's regions in raster order, as the reference saw them
@@ -219,7 +220,7 @@ def test_threshold_comparisons_in_float32_equal_those_in_float64():
         np.nextafter(values[::41].astype(np.float64), 2.0),  # just above one
         np.nextafter(values[::43].astype(np.float64), -1.0),  # just below one
     ])
-    rounded = metrics._at_or_below_in(thresholds, np.float32)
+    rounded = aupro.at_or_below_in(thresholds, np.float32)
     assert rounded.dtype == np.float32
     expected = (values[:, None].astype(np.float64) <= thresholds).sum(axis=0)
     assert np.array_equal(np.searchsorted(values, rounded, side="right"), expected)
@@ -231,10 +232,62 @@ def test_sklearn_auc_semantics_including_negative_zero():
         x = np.sort(rng.random(rng.integers(2, 30)))
         y = rng.random(x.size)
         for xs in (x, x[::-1].copy()):
-            assert metrics._auc_like_sklearn(xs, y) == sklearn_auc(xs, y)
+            assert aupro.auc_like_sklearn(xs, y) == sklearn_auc(xs, y)
     decreasing, zeros = np.array([1.0, 0.5, 0.0]), np.zeros(3)
-    assert math.copysign(1, metrics._auc_like_sklearn(decreasing, zeros)) == -1
+    assert math.copysign(1, aupro.auc_like_sklearn(decreasing, zeros)) == -1
     assert math.copysign(1, sklearn_auc(decreasing, zeros)) == -1
+
+
+# --- VCP-CLIP's F1-max threshold and IoU ----------------------------------------------------
+
+def _threshold_and_iou(maps, masks, backend, chunk, monkeypatch):
+    ops_class = arrays.TorchOps if backend == "torch" else arrays.NumpyOps
+    monkeypatch.setattr(ops_class, "chunk", chunk)
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        maps, masks = torch.from_numpy(maps), torch.from_numpy(masks)
+    ours = metrics.class_metrics(maps, masks, None, None, keys=["pixel_threshold", "pixel_iou"], backend=backend)
+    return ours["pixel_threshold"], ours["pixel_iou"]
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 3])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("seed, levels", [(0, None), (1, None), (2, 8), (3, 40), (4, 3)])
+def test_f1_threshold_and_iou_equal_the_reference_exactly(monkeypatch, seed, levels, backend, chunk):
+    """The same threshold (not merely a close one) and the same IoU, on distinct and on heavily tied scores."""
+    maps, masks, _, _ = synthetic_class(seed, n_images=5, quantise=levels)
+    assert _threshold_and_iou(maps, masks, backend, chunk, monkeypatch) == f1_threshold_and_iou(masks, maps)
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 1, 2])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_equal_f1_maxima_pick_the_lowest_threshold_as_np_argmax_does(monkeypatch, backend, chunk):
+    # Scores 0.9 (defect), 0.8, 0.7 (normal), 0.6 (defect): at 0.9 P = 1, R = 1/2 and at 0.6 P = 1/2,
+    # R = 1, the same F1 to the last bit. np.argmax over increasing thresholds takes 0.6; `> 0.6` then
+    # predicts 0.9, 0.8 and 0.7: IoU 1/4 (at 0.9 it would have been 0).
+    maps = np.array([[[0.9, 0.8, 0.7, 0.6]]], dtype=np.float32)
+    masks = np.array([[[1, 0, 0, 1]]], dtype=np.uint8)
+    assert f1_threshold_and_iou(masks, maps) == (float(np.float32(0.6)), 0.25)
+    assert _threshold_and_iou(maps, masks, backend, chunk, monkeypatch) == (float(np.float32(0.6)), 0.25)
+
+
+def test_installed_scikit_learn_keeps_the_curve_below_full_recall():
+    """The reference's argmax runs over scikit-learn's thresholds: 1.9 keeps every distinct score
+    (older releases cut the curve at the first full-recall point, which changes no argmax: below
+    it recall stays 1 and precision only falls)."""
+    from sklearn.metrics import precision_recall_curve
+
+    _, recalls, thresholds = precision_recall_curve([1, 0, 1, 0], [0.9, 0.8, 0.6, 0.1])
+    assert thresholds.tolist() == [0.1, 0.6, 0.8, 0.9] and recalls.tolist() == [1.0, 1.0, 0.5, 0.5, 0.0]
+
+
+def test_f1_threshold_and_iou_are_pixel_level_and_undefined_without_normal_pixels():
+    assert {"pixel_iou", "pixel_threshold"} <= set(metrics.LEVELS["pixel-level"]) - set(metrics.IMAGE_KEYS)
+    maps, _, _, _ = synthetic_class(59, n_images=2)
+    with pytest.warns(metrics.UndefinedMetricWarning, match="'full':.*pixel_iou, pixel_threshold.*no normal pixel"):
+        ours = metrics.class_metrics(maps, np.ones(maps.shape, np.uint8), None, None, keys=metrics.PIXEL_KEYS,
+                                     cls_name="full")
+    assert all(math.isnan(value) for value in ours.values())
 
 
 # --- the reference fixture ----------------------------------------------------------------
@@ -259,15 +312,21 @@ def test_reference_fixture_metrics(run):
 # --- torch --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pro_mode", metrics.PRO_MODES)
-def test_torch_path_gives_the_numpy_numbers(monkeypatch, pro_mode):
+def test_torch_path_gives_the_oracle_and_numpy_numbers(monkeypatch, pro_mode):
+    """Each path against the oracle (so a bug shared by both fails), and torch against numpy to rounding."""
     torch = pytest.importorskip("torch")
     maps, masks, scores, labels = synthetic_class(19, n_images=7, quantise=40)
-    expected = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
+    oracle = oracle_class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
+    through_numpy = metrics.class_metrics(maps, masks, scores, labels, pro_mode=pro_mode)
+    assert_matches(through_numpy, oracle)
     tensors = (torch.from_numpy(maps), torch.from_numpy(masks), torch.from_numpy(scores), torch.from_numpy(labels))
-    assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode, backend="torch"), expected, 1e-12)
-    monkeypatch.setattr(metrics._TorchOps, "chunk", 5)
-    assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode, backend="torch"), expected, 1e-12)
-    assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode), expected, 1e-12)  # CPU tensor: numpy
+    for chunk in (arrays.TorchOps.chunk, 5):
+        monkeypatch.setattr(arrays.TorchOps, "chunk", chunk)
+        through_torch = metrics.class_metrics(*tensors, pro_mode=pro_mode, backend="torch")
+        assert_matches(through_torch, oracle)
+        assert_matches(through_torch, through_numpy, 1e-12)
+    assert arrays.choose_ops(tensors[0], "auto").name == "numpy"  # a CPU tensor is scored with numpy
+    assert_matches(metrics.class_metrics(*tensors, pro_mode=pro_mode), oracle)
 
 
 def test_evaluate_takes_torch_tensors_and_non_contiguous_classes():
@@ -279,8 +338,8 @@ def test_evaluate_takes_torch_tensors_and_non_contiguous_classes():
     as_tensors = [torch.from_numpy(array) for array in stacked]
     results = metrics.evaluate(*as_tensors, list(cls_names), backend="torch")
     assert list(results) == ["a", "b", "mean"]
-    assert_matches(results["a"], metrics.class_metrics(*first), 1e-12)
-    assert_matches(results["b"], metrics.class_metrics(*second), 1e-12)
+    assert_matches(results["a"], oracle_class_metrics(*first))
+    assert_matches(results["b"], oracle_class_metrics(*second))
 
 
 # --- undefined metrics, the mean, the table -----------------------------------------------
@@ -426,6 +485,7 @@ def _save_maps(path, with_empty_class=True):
     return maps, masks, scores, labels, cls_names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pro_mode", metrics.PRO_MODES)
 def test_command_line_prints_the_table_and_writes_json(tmp_path, pro_mode):
     arrays = _save_maps(tmp_path / "maps.npz")
@@ -448,6 +508,7 @@ def test_command_line_prints_the_table_and_writes_json(tmp_path, pro_mode):
     assert [path.name for path in out.parent.iterdir()] == ["metrics.json"]  # no temporary left behind
 
 
+@pytest.mark.slow
 def test_command_line_metric_level_and_errors(tmp_path):
     _save_maps(tmp_path / "maps.npz", with_empty_class=False)
     run = [sys.executable, str(ROOT / "metrics.py")]
@@ -497,6 +558,7 @@ def test_torch_path_accepts_inference_mode_tensors():
             assert through_torch[cls_name][key] == pytest.approx(value, abs=1e-12, nan_ok=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["masks_0_255", "class_named_mean", "text", "empty", "truncated"])
 def test_cli_reports_bad_files_in_one_line(tmp_path, case):
     rng = np.random.default_rng(0)
