@@ -8,7 +8,8 @@ datasets and their layouts are the rows of `registry.DATASETS`.
 
 from .files import DatasetError
 from .meta import DatasetWarning, build_meta, format_table, write_meta
-from .registry import DATASETS, DatasetSpec, get_spec
+from .registry import DATASETS, get_spec
+from .spec import DatasetSpec
 from .synthetic import make_synthetic_dataset
 
 __all__ = ["DATASETS", "DatasetError", "DatasetSpec", "DatasetWarning", "build_meta", "format_table",

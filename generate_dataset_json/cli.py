@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .files import DatasetError
 from .meta import build_meta, format_table, write_meta
-from .registry import DATASETS, DatasetSpec
+from .registry import DATASETS
+from .spec import DatasetSpec
 from .synthetic import FORMATS, make_synthetic_dataset
 
 PROG = "python -m generate_dataset_json"

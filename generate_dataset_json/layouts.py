@@ -11,16 +11,12 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from .files import (DatasetError, MaskIndex, Problems, check_unique_stems, child_dir, describe_mask_name,
                     list_images, listing, relative, strip_suffix, subdirs)
+from .spec import DatasetSpec
 from .splits import Splits
-
-if TYPE_CHECKING:
-    from .registry import DatasetSpec
-
-Walker = Callable[[Path, "DatasetSpec", Problems, Splits], None]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -7,40 +7,9 @@ is one row; the CLI's sub-commands, their help and the README table all come fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from . import layouts
 from .files import DatasetError
-from .layouts import Walker
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """How one dataset is laid out on disk and where to get it."""
-
-    name: str                                   # the command's NAME argument
-    title: str                                  # the dataset's usual name, for messages
-    walker: Walker                              # the layout function that reads it
-    layout: str                                 # the expected layout, in words (help, errors, README)
-    url: str                                    # official download / project page
-    url_certain: bool = True                    # False where the URL is from memory and unverified
-    class_name: str | None = None               # a fixed class name; None: the folder names
-    normal_dirs: tuple[str, ...] = ("good",)    # label folders holding normal images
-    anomalous_dirs: tuple[str, ...] = ()        # label folders of anomalies; () = every other folder
-    mask_suffixes: tuple[str, ...] = ("_mask",)  # mask stem = image stem + one of these
-    image_dir: str | None = None                # segmentation sets: the image folder
-    mask_dir: str | None = None                 # the mask folder (DAGM: inside each split)
-    csv_path: str | None = None                 # VisA's split csv, HeadCT's labels
-
-    def label_of(self, folder_name: str) -> bool | None:
-        """Whether a label folder holds anomalies (True), normal images (False), or is
-        not a label folder at all (None, e.g. Br35H's `pred/`); case-insensitive."""
-        name = folder_name.lower()
-        if name in (n.lower() for n in self.normal_dirs):
-            return False
-        if not self.anomalous_dirs:
-            return True
-        return True if name in (n.lower() for n in self.anomalous_dirs) else None
+from .spec import DatasetSpec
 
 
 MVTEC_LAYOUT = "{cls}/train/good/*, {cls}/test/{good|defect}/*, {cls}/ground_truth/{defect}/{stem}_mask.png"
