@@ -15,6 +15,9 @@ from .splits import Splits
 
 # A walker reads one layout: it fills `Splits` and records problems (see layouts.py).
 Walker = Callable[[Path, "DatasetSpec", Problems, Splits], None]
+# A mask converter writes PNG masks from annotations PIL cannot read as masks (MATLAB
+# files, JPEG masks, polygons) beside the release; it returns one line per folder written.
+MaskConverter = Callable[[Path, Problems], "list[str]"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class DatasetSpec:
     image_dir: str | None = None                # segmentation sets: the image folder
     mask_dir: str | None = None                 # the mask folder (DAGM: inside each split)
     csv_path: str | None = None                 # VisA's split csv, HeadCT's labels
+    convert_masks: MaskConverter | None = None  # `--convert_masks`: PNG masks from the release's annotations
+    convert_help: str = ""                      # what `--convert_masks` reads and writes, for its help
 
     def label_of(self, folder_name: str) -> bool | None:
         """Whether a label folder holds anomalies (True), normal images (False), or is
