@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> dict:
         if not args.root.is_dir():
             raise DatasetError(f"dataset root {args.root} is not a folder (layout: {spec.layout})")
         problems = Problems()
-        written = spec.convert_masks(args.root, problems)
+        written = spec.convert_masks(args.root, spec, problems)
         for message in problems.warnings:
             _print_warning(message)
         problems.raise_if_errors()

@@ -17,7 +17,7 @@ from .splits import Splits
 Walker = Callable[[Path, "DatasetSpec", Problems, Splits], None]
 # A mask converter writes PNG masks from annotations PIL cannot read as masks (MATLAB
 # files, JPEG masks, polygons) beside the release; it returns one line per folder written.
-MaskConverter = Callable[[Path, Problems], "list[str]"]
+MaskConverter = Callable[[Path, "DatasetSpec", Problems], "list[str]"]
 
 
 @dataclass(frozen=True)
