@@ -7,7 +7,7 @@ is one row; the CLI's sub-commands, their help and the README table all come fro
 
 from __future__ import annotations
 
-from . import layouts
+from . import layouts, surface_layouts
 from .files import DatasetError
 from .spec import DatasetSpec
 
@@ -62,6 +62,45 @@ _SPECS = (
                 "image folders plus masks/ with matching file names",
                 "https://endotect.com/", url_certain=False,
                 class_name="colon", mask_suffixes=("",), mask_dir="masks"),
+    # The industrial benchmarks VCP-CLIP adds (SPEC_VCP §12); BTech is BTAD above.
+    DatasetSpec("ksdd2", "KolektorSDD2 (KSDD2)", surface_layouts.walk_ksdd2,
+                "train/ and test/ holding {id}.png with its {id}_GT.png beside it (an empty mask is a normal "
+                "image); class `surface`",
+                "https://www.vicos.si/Downloads/KolektorSDD2", url_certain=False,
+                class_name="surface", mask_suffixes=("_GT",)),
+    DatasetSpec("rsdd", "RSDD (rail surface, Type-I and Type-II)", surface_layouts.walk_rsdd,
+                "'Type-I RSDDs dataset/' and 'Type-II RSDDs dataset/' (or --root one of them), each with "
+                "'Rail surface images/' and 'GroundTruth/' (JPEG masks of the image's name, which --convert_masks "
+                "binarises into GroundTruth_png/); classes `Type-I rail` and `Type-II rail`, every image anomalous",
+                "http://icn.bjtu.edu.cn/Visint/resources/RSDDs.aspx", url_certain=False, mask_suffixes=("",),
+                convert_masks=surface_layouts.convert_rsdd,
+                convert_help="first write GroundTruth_png/{stem}.png from each GroundTruth/*.jpg (grey > 127 is "
+                             "defect); PNGs already there are kept"),
+    DatasetSpec("road", "Road (CrackForest, CFD)", surface_layouts.walk_road,
+                "image/{stem}.jpg and groundTruth/{stem}.mat, which --convert_masks turns into "
+                "groundTruth_png/{stem}.png; images without a .mat are left out; class `road`",
+                "https://github.com/cuilimeng/CrackForest-dataset", class_name="road", mask_suffixes=("",),
+                convert_masks=surface_layouts.convert_road,
+                convert_help="first write groundTruth_png/{stem}.png from each groundTruth/*.mat (crack = "
+                             "Segmentation == 2); PNGs already there are kept"),
+    DatasetSpec("msd", "MSD (mobile phone screen surface defects)", surface_layouts.walk_msd,
+                "good/, oil/, scratch/, stain/ with masks {stem}.png in ground_truth_1/ (scratch, stain) and "
+                "ground_truth_2/ (oil), as on Kaggle; or the PASCAL VOC release's JPEGImages/ + "
+                "SegmentationClass/ (plus good/); class `phone screen`",
+                "https://github.com/jianzhang96/MSD", class_name="phone screen", mask_suffixes=("",)),
+    DatasetSpec("bsd", "BSD (BSData, ball screw drive surface defects)", surface_layouts.walk_bsd,
+                "data/*.jpg and label/{stem}.json (labelme polygons), which --convert_masks turns into "
+                "label_png/{stem}.png; only the annotated (defective) images are listed, as in the VCP-CLIP "
+                "paper; class `ball screw`",
+                "https://github.com/2Obe/BSData", class_name="ball screw", mask_suffixes=("",),
+                convert_masks=surface_layouts.convert_bsd,
+                convert_help="first write label_png/{stem}.png from each label/*.json (the labelme shapes "
+                             "filled); PNGs already there are kept"),
+    DatasetSpec("gc10", "GC10-DET (steel sheet surface)", surface_layouts.walk_gc10,
+                "the release's image folders and lable/*.xml boxes, plus masks/{stem}.png that you make: "
+                "GC10-DET publishes boxes only and the paper's MobileSAM masks are not public; class `steel sheet`",
+                "https://www.kaggle.com/datasets/alex000kim/gc10det", class_name="steel sheet",
+                mask_suffixes=("", "_mask")),
     DatasetSpec("folder", "a generic folder dataset", layouts.walk_folder,
                 "per class (the root or each sub-folder): images/ with masks/ (every image anomalous), "
                 "or good/ (also ok/, normal/, no/) plus defect folders with optional masks/{defect}/{stem}.png",

@@ -15,7 +15,7 @@ if str(REPO) not in sys.path:  # the package lives at the repository root
     sys.path.insert(0, str(REPO))
 
 ITEM_KEYS = {"img_path", "mask_path", "cls_name", "specie_name", "anomaly"}
-MASK_SUFFIXES = ("", "_mask", "_label", "_segmentation")
+MASK_SUFFIXES = ("", "_mask", "_label", "_segmentation", "_gt")
 
 
 # --------------------------------------------------------------------------- tree builders

@@ -14,6 +14,7 @@ from generate_dataset_json import DATASETS, DatasetError, DatasetWarning, build_
 
 BENCHMARKS = ("mvtec", "visa", "mpdd", "btad", "ksdd", "dagm", "dtd", "headct", "brainmri", "br35h",
               "isic", "colondb", "clinicdb", "kvasir", "endo")
+VCP_BENCHMARKS = ("ksdd2", "rsdd", "road", "msd", "bsd", "gc10")  # tested in test_vcp_datasets.py
 
 
 # --------------------------------------------------------------------------- tree builders
@@ -40,13 +41,15 @@ def make_mvtec(root: Path) -> Path:
 # --------------------------------------------------------------------------- registry
 
 def test_registry_lists_every_benchmark_plus_folder():
-    assert set(BENCHMARKS) | {"folder"} == set(DATASETS)
+    assert set(BENCHMARKS) | set(VCP_BENCHMARKS) | {"folder"} == set(DATASETS)
     for spec in DATASETS.values():
         assert spec.layout and spec.title
         assert spec.url or spec.name == "folder"
-    fixed = {name: DATASETS[name].class_name for name in BENCHMARKS if DATASETS[name].class_name}
+    fixed = {name: DATASETS[name].class_name for name in BENCHMARKS + VCP_BENCHMARKS if DATASETS[name].class_name}
     assert fixed == {"ksdd": "electrical commutators", "headct": "brain", "brainmri": "brain", "br35h": "brain",
-                     "isic": "skin", "colondb": "colon", "clinicdb": "colon", "kvasir": "colon", "endo": "colon"}
+                     "isic": "skin", "colondb": "colon", "clinicdb": "colon", "kvasir": "colon", "endo": "colon",
+                     "ksdd2": "surface", "road": "road", "msd": "phone screen", "bsd": "ball screw",
+                     "gc10": "steel sheet"}
 
 
 def test_unknown_dataset_name_lists_the_choices(tmp_path):
