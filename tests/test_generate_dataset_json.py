@@ -425,6 +425,7 @@ def test_write_meta_is_atomic(tmp_path):
 
 # --------------------------------------------------------------------------- the command
 
+@pytest.mark.slow
 def test_cli_writes_meta_and_prints_counts(tmp_path):
     root = make_mvtec(tmp_path / "mvtec")
     result = run_cli("mvtec", "--root", str(root))
@@ -435,6 +436,7 @@ def test_cli_writes_meta_and_prints_counts(tmp_path):
     assert "test normal" in result.stdout and "total" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_out_flag_and_warnings(tmp_path):
     root = make_mvtec(tmp_path / "mvtec")
     mask(root, "wood/ground_truth/scratch/777_mask.png")
@@ -445,6 +447,7 @@ def test_cli_out_flag_and_warnings(tmp_path):
     assert out.is_file() and not (root / "meta.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_non_zero_and_write_nothing(tmp_path):
     root = make_mvtec(tmp_path / "mvtec")
     (root / "wood/ground_truth/scratch/000_mask.png").unlink()
@@ -457,6 +460,7 @@ def test_cli_errors_exit_non_zero_and_write_nothing(tmp_path):
     assert run_cli("nosuchset", "--root", str(root)).returncode == 2
 
 
+@pytest.mark.slow
 def test_cli_help_names_layout_and_download(tmp_path):
     result = run_cli("dagm", "--help")
     assert result.returncode == 0

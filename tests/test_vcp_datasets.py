@@ -396,4 +396,8 @@ def test_cli_convert_masks_then_writes_meta(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "groundTruth_png/: 2 mask(s) written" in result.stdout and "warning:" in result.stderr
     assert json.loads((root / "meta.json").read_text()) == build_meta("road", root, warn=quiet)
+    (root / "groundTruth_png/002.png").unlink()
+    again = run_cli("road", "--root", str(root), "--convert_masks")  # meta.json exists: refuses before converting
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert not (root / "groundTruth_png/002.png").exists()
     assert "--convert_masks" not in run_cli("ksdd2", "-h").stdout
