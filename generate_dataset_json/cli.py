@@ -137,12 +137,11 @@ def _run(args: argparse.Namespace) -> dict:
         if not args.root.is_dir():
             raise DatasetError(f"dataset root {args.root} is not a folder (layout: {spec.layout})")
         problems = Problems()
-        written = spec.convert_masks(args.root, spec, problems)
+        for line in spec.convert_masks(args.root, spec, problems):
+            print(line)  # what was written stays said even when some files failed
         for message in problems.warnings:
             _print_warning(message)
         problems.raise_if_errors()
-        for line in written:
-            print(line)
     return build_meta(args.name, args.root, warn=_print_warning)
 
 
