@@ -49,7 +49,7 @@ def build_mvisa_meta(data_path: str | os.PathLike, dataset: str, *, placeholders
                      warn: Callable[[str], None] | None = None) -> dict:
     """The meta_<dataset>.json dict for `<data_path>/<dataset>/`; raises DatasetError
     listing every problem (a missing mask, a class without test images...)."""
-    data_path = Path(data_path)
+    data_path, dataset = Path(data_path), dataset.rstrip("/")  # a trailing slash from tab completion
     if not dataset or dataset != Path(dataset).name or dataset in (".", ".."):
         raise DatasetError(f"--dataset must be the name of one folder inside --root (such as mvtec), got {dataset!r}")
     dataset_dir = data_path / dataset

@@ -137,6 +137,8 @@ def test_extra_files_and_orphan_masks_are_warnings_not_items(tmp_path):
 
 def test_class_without_test_images_and_bad_arguments_are_errors(tmp_path):
     data = make_mvisa(tmp_path)
+    meta = build_mvisa_meta(data, "mvtec/", placeholders=False)  # the trailing slash of tab completion
+    assert meta["test"]["wood"][0]["img_path"].startswith("mvtec/wood/")
     (data / "mvtec/empty/test/good").mkdir(parents=True)
     with pytest.raises(DatasetError, match="class 'empty' has no test images"):
         build_mvisa_meta(data, "mvtec", warn=lambda message: None)
