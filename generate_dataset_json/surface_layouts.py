@@ -338,7 +338,8 @@ GC10_NO_MASKS = (
 
 def walk_gc10(root: Path, spec: DatasetSpec, problems: Problems, splits: Splits) -> None:
     """GC10-DET with masks you made: the release's image folders (`1/` ... `10/`, or
-    named by defect), its boxes in `lable/*.xml`, and `masks/{stem}.png`. The images
+    named by defect), its boxes in `lable/*.xml` (or `label/`, at any depth: one Kaggle
+    copy has `label/label/`), and `masks/{stem}.png`. The images
     with a box file are the dataset; each needs a mask. The release files some images
     under two defect folders: identical copies are listed once."""
     def has_masks(folder: Path) -> bool:
@@ -352,8 +353,9 @@ def walk_gc10(root: Path, spec: DatasetSpec, problems: Problems, splits: Splits)
         masks_dir = child_dir(class_dir, GC10_MASKS)
         box_dir = next((child_dir(class_dir, name) for name in GC10_BOX_DIRS if child_dir(class_dir, name)), None)
         images = list_images(class_dir, recursive=True, exclude=[masks_dir] + ([box_dir] if box_dir else []))
-        images = annotated_only(_without_copies(images, root, problems), files_with_suffix(box_dir, ".xml"), root,
-                                problems, "have no box file (GC10-DET leaves a few unlabelled)")
+        boxes = sorted(p for p in box_dir.rglob("*") if p.suffix.lower() == ".xml") if box_dir else []
+        images = annotated_only(_without_copies(images, root, problems), boxes, root, problems,
+                                "have no box file (GC10-DET leaves a few unlabelled)")
         index = MaskIndex(list_images(masks_dir, recursive=True), spec.mask_suffixes, root, problems)
         add_paired(splits, "test", images, index, cls, masks_dir, spec, problems,
                    hint="make it (GC10-DET publishes boxes only) or remove the image")

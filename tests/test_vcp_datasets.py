@@ -367,6 +367,10 @@ def test_gc10_with_your_masks(tmp_path):
     assert by_path(meta)["1/img_01_425382900_00001.jpg"]["specie_name"] == "1"
     assert any("copies of an image in another folder" in w and "6/img_01_425382900_00001.jpg" in w for w in seen)
     assert any("have no box file" in w and "3/img_03_425382900_00003.jpg" in w for w in seen)
+    (root / "lable").rename(root / "label_nested")
+    (root / "label").mkdir()
+    (root / "label_nested").rename(root / "label/label")  # the other Kaggle copy's nesting
+    assert counts(build_meta("gc10", root, warn=quiet)) == {"steel sheet": (0, 2)}
 
 
 def test_gc10_traps(tmp_path):
