@@ -1,8 +1,9 @@
 """Layout walkers: one function per way the benchmarks are laid out on disk.
 
 Each dataset in the registry names one walker plus parameters (normal folder names,
-mask suffixes, a fixed class name...), so fifteen datasets share seven walkers and no
-dataset has its own copy of the walking code. A walker fills a `Splits` and records
+mask suffixes, a fixed class name...), so the paper's fifteen benchmarks share seven
+walkers and no dataset has its own copy of the walking code (the VCP-CLIP benchmarks'
+walkers are in surface_layouts.py and reuse these helpers). A walker fills a `Splits` and records
 problems; it raises `DatasetError` itself only when the root is not the layout at all.
 """
 
@@ -11,16 +12,12 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 from .files import (DatasetError, MaskIndex, Problems, check_unique_stems, child_dir, describe_mask_name,
                     list_images, listing, relative, strip_suffix, subdirs)
+from .spec import DatasetSpec
 from .splits import Splits
-
-if TYPE_CHECKING:
-    from .registry import DatasetSpec
-
-Walker = Callable[[Path, "DatasetSpec", Problems, Splits], None]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,19 +80,23 @@ def expected_masks(mask_dir: Path, image: Path, suffixes: Sequence[str], root: P
     return " or ".join(f"{where}/{image.stem}{s}.png" for s in suffixes) + " (any image extension)"
 
 
+RESTORE_HINT = "restore it from the download or remove the image"
+
+
 def add_paired(splits: Splits, split: str, images: Sequence[Path], index: MaskIndex, cls: str,
-               mask_dir: Path, spec: DatasetSpec, problems: Problems) -> None:
+               mask_dir: Path, spec: DatasetSpec, problems: Problems, *, specie: str | None = None,
+               hint: str = RESTORE_HINT) -> None:
     """Adds anomalous images with their masks; an image without its mask is an error
-    naming the image and the mask it should have."""
+    naming the image, the mask it should have and `hint` (how to get it). The defect
+    type is `specie`, or else the image's folder name."""
     check_unique_stems(images, splits.root, problems)
     for image in images:
         mask = index.take(image)
         if mask is None:
             problems.error(f"anomalous image {relative(image, splits.root)} has no mask: expected "
-                           f"{expected_masks(mask_dir, image, spec.mask_suffixes, splits.root)}; "
-                           "restore it from the download or remove the image")
+                           f"{expected_masks(mask_dir, image, spec.mask_suffixes, splits.root)}; {hint}")
         else:
-            splits.add(split, image, mask, cls, image.parent.name, True)
+            splits.add(split, image, mask, cls, specie or image.parent.name, True)
 
 
 def walk_label_folders(base: Path, cls: str, split: str, spec: DatasetSpec, splits: Splits,
@@ -130,7 +131,7 @@ def walk_label_folders(base: Path, cls: str, split: str, spec: DatasetSpec, spli
 
 
 def add_segmentation_class(class_dir: Path, cls: str, spec: DatasetSpec, splits: Splits, problems: Problems,
-                           image_dir: str | None, mask_dir: str | None) -> None:
+                           image_dir: str | None, mask_dir: str | None, *, specie: str | None = None) -> None:
     """A pixel-level set where every image is anomalous: images in `image_dir` (or
     anywhere but the mask folder) and masks in `mask_dir`, or, without a mask folder,
     next to the images and told apart by their suffix (ISIC's `_Segmentation`)."""
@@ -150,7 +151,7 @@ def add_segmentation_class(class_dir: Path, cls: str, spec: DatasetSpec, splits:
         raise DatasetError(f"{class_dir} does not look like {spec.title}: found no masks named "
                            f"{describe_mask_name(spec.mask_suffixes)}; expected {spec.layout}")
     index = MaskIndex(masks, spec.mask_suffixes, root, problems)
-    add_paired(splits, "test", images, index, cls, masks_folder or class_dir, spec, problems)
+    add_paired(splits, "test", images, index, cls, masks_folder or class_dir, spec, problems, specie=specie)
     index.report_unused(problems)
 
 

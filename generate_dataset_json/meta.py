@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -45,17 +46,62 @@ def build_meta(name: str, root: str | os.PathLike, *, warn: Callable[[str], None
     return splits.to_meta()
 
 
+class MetaExistsError(DatasetError):
+    """The meta file to write is already there: it may hold hand edits, so the command
+    replaces it only when asked to (`--overwrite`)."""
+
+
+def refuse_to_replace(path: str | os.PathLike) -> None:
+    """Raises MetaExistsError, one line naming the file and the flag, if `path` exists."""
+    path = Path(path)
+    if path.exists():
+        raise MetaExistsError(f"{path} already exists and may hold hand edits; pass --overwrite to replace it "
+                              f"(the current file is then kept as {backup_path(path).name})")
+
+
+def backup_path(path: Path) -> Path:
+    """Where `--overwrite` keeps the file it replaces: `<name>.bak` beside it."""
+    return path.with_name(path.name + ".bak")
+
+
+def keep_backup(path: str | os.PathLike) -> Path | None:
+    """Copies `path` to `<name>.bak` (atomically, replacing an older .bak) before it is
+    overwritten; returns the copy, or None when there was nothing to keep."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    def copy(stream) -> None:
+        with open(path, "rb") as source:
+            shutil.copyfileobj(source, stream)
+
+    backup = backup_path(path)
+    _atomic_write(backup, copy, binary=True)
+    shutil.copystat(path, backup)  # the hand-edited file's time stays visible on the copy
+    return backup
+
+
 def write_meta(meta: dict, path: str | os.PathLike) -> Path:
     """Writes `meta` as JSON to `path` atomically: a temporary file in the same folder,
     then `os.replace`, so an interrupted run never leaves a truncated meta.json that a
-    later training run would read."""
+    later training run would read. The format (indent 4, final newline) is the one the
+    reference's make_meta.py writes, so the files compare byte for byte."""
+    def dump(stream) -> None:
+        json.dump(meta, stream, indent=4)
+        stream.write("\n")
+
     path = Path(path)
+    _atomic_write(path, dump)
+    return path
+
+
+def _atomic_write(path: Path, fill: Callable, *, binary: bool = False) -> None:
+    """Writes a temporary file in `path`'s folder with `fill(stream)`, syncs it, gives it
+    the usual permissions, then renames it onto `path`; on any failure `path` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(meta, stream, indent=4)
-            stream.write("\n")
+        with os.fdopen(handle, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as stream:
+            fill(stream)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes the file private; meta.json should not be
@@ -63,7 +109,6 @@ def write_meta(meta: dict, path: str | os.PathLike) -> Path:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def _umask() -> int:
@@ -78,6 +123,7 @@ def count_images(meta: dict) -> dict[str, dict[str, tuple[int, int]]]:
     counts: dict[str, dict[str, tuple[int, int]]] = {}
     for split in SPLITS:
         for cls, items in meta.get(split, {}).items():
+            items = [item for item in items if item["img_path"]]  # mvisa's placeholders name no image
             anomalous = sum(item["anomaly"] for item in items)
             counts.setdefault(cls, {})[split] = (len(items) - anomalous, anomalous)
     return counts

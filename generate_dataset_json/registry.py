@@ -7,40 +7,9 @@ is one row; the CLI's sub-commands, their help and the README table all come fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from . import layouts
+from . import layouts, surface_layouts
 from .files import DatasetError
-from .layouts import Walker
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """How one dataset is laid out on disk and where to get it."""
-
-    name: str                                   # the command's NAME argument
-    title: str                                  # the dataset's usual name, for messages
-    walker: Walker                              # the layout function that reads it
-    layout: str                                 # the expected layout, in words (help, errors, README)
-    url: str                                    # official download / project page
-    url_certain: bool = True                    # False where the URL is from memory and unverified
-    class_name: str | None = None               # a fixed class name; None: the folder names
-    normal_dirs: tuple[str, ...] = ("good",)    # label folders holding normal images
-    anomalous_dirs: tuple[str, ...] = ()        # label folders of anomalies; () = every other folder
-    mask_suffixes: tuple[str, ...] = ("_mask",)  # mask stem = image stem + one of these
-    image_dir: str | None = None                # segmentation sets: the image folder
-    mask_dir: str | None = None                 # the mask folder (DAGM: inside each split)
-    csv_path: str | None = None                 # VisA's split csv, HeadCT's labels
-
-    def label_of(self, folder_name: str) -> bool | None:
-        """Whether a label folder holds anomalies (True), normal images (False), or is
-        not a label folder at all (None, e.g. Br35H's `pred/`); case-insensitive."""
-        name = folder_name.lower()
-        if name in (n.lower() for n in self.normal_dirs):
-            return False
-        if not self.anomalous_dirs:
-            return True
-        return True if name in (n.lower() for n in self.anomalous_dirs) else None
+from .spec import DatasetSpec
 
 
 MVTEC_LAYOUT = "{cls}/train/good/*, {cls}/test/{good|defect}/*, {cls}/ground_truth/{defect}/{stem}_mask.png"
@@ -93,6 +62,45 @@ _SPECS = (
                 "image folders plus masks/ with matching file names",
                 "https://endotect.com/", url_certain=False,
                 class_name="colon", mask_suffixes=("",), mask_dir="masks"),
+    # The industrial benchmarks VCP-CLIP adds (SPEC_VCP §12); BTech is BTAD above.
+    DatasetSpec("ksdd2", "KolektorSDD2 (KSDD2)", surface_layouts.walk_ksdd2,
+                "train/ and test/ holding {id}.png with its {id}_GT.png beside it (an empty mask is a normal "
+                "image); class `surface`",
+                "https://www.vicos.si/Downloads/KolektorSDD2", url_certain=False,
+                class_name="surface", mask_suffixes=("_GT",)),
+    DatasetSpec("rsdd", "RSDD (rail surface, Type-I and Type-II)", surface_layouts.walk_rsdd,
+                "'Type-I RSDDs dataset/' and 'Type-II RSDDs dataset/' (or --root one of them), each with "
+                "'Rail surface images/' and 'GroundTruth/' (JPEG masks of the image's name, which --convert_masks "
+                "binarises into GroundTruth_png/); classes `Type-I rail` and `Type-II rail`, every image anomalous",
+                "http://icn.bjtu.edu.cn/Visint/resources/RSDDs.aspx", url_certain=False, mask_suffixes=("",),
+                convert_masks=surface_layouts.convert_rsdd,
+                convert_help="first write GroundTruth_png/{stem}.png from each GroundTruth/*.jpg (grey > 127 is "
+                             "defect); PNGs already there are kept"),
+    DatasetSpec("road", "Road (CrackForest, CFD)", surface_layouts.walk_road,
+                "image/{stem}.jpg and groundTruth/{stem}.mat, which --convert_masks turns into "
+                "groundTruth_png/{stem}.png; images without a .mat are left out; class `road`",
+                "https://github.com/cuilimeng/CrackForest-dataset", class_name="road", mask_suffixes=("",),
+                convert_masks=surface_layouts.convert_road,
+                convert_help="first write groundTruth_png/{stem}.png from each groundTruth/*.mat (crack = "
+                             "Segmentation == 2); PNGs already there are kept"),
+    DatasetSpec("msd", "MSD (mobile phone screen surface defects)", surface_layouts.walk_msd,
+                "good/, oil/, scratch/, stain/ with masks {stem}.png in ground_truth_1/ (scratch, stain) and "
+                "ground_truth_2/ (oil), as on Kaggle; or the PASCAL VOC release's JPEGImages/ + "
+                "SegmentationClass/ (plus good/); class `phone screen`",
+                "https://github.com/jianzhang96/MSD", class_name="phone screen", mask_suffixes=("",)),
+    DatasetSpec("bsd", "BSD (BSData, ball screw drive surface defects)", surface_layouts.walk_bsd,
+                "data/*.jpg and label/{stem}.json (labelme polygons), which --convert_masks turns into "
+                "label_png/{stem}.png; only the annotated (defective) images are listed, as in the VCP-CLIP "
+                "paper; class `ball screw`",
+                "https://github.com/2Obe/BSData", class_name="ball screw", mask_suffixes=("",),
+                convert_masks=surface_layouts.convert_bsd,
+                convert_help="first write label_png/{stem}.png from each label/*.json (the labelme shapes "
+                             "filled); PNGs already there are kept"),
+    DatasetSpec("gc10", "GC10-DET (steel sheet surface)", surface_layouts.walk_gc10,
+                "the release's image folders and lable/*.xml boxes, plus masks/{stem}.png that you make: "
+                "GC10-DET publishes boxes only and the paper's MobileSAM masks are not public; class `steel sheet`",
+                "https://www.kaggle.com/datasets/alex000kim/gc10det", class_name="steel sheet",
+                mask_suffixes=("", "_mask")),
     DatasetSpec("folder", "a generic folder dataset", layouts.walk_folder,
                 "per class (the root or each sub-folder): images/ with masks/ (every image anomalous), "
                 "or good/ (also ok/, normal/, no/) plus defect folders with optional masks/{defect}/{stem}.png",

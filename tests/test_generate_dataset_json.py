@@ -5,51 +5,19 @@ text files), checked through build_meta and through the command a user types."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the package lives at the repository root
-    sys.path.insert(0, str(REPO))
-
-from generate_dataset_json import DATASETS, DatasetError, DatasetWarning, build_meta, write_meta  # noqa: E402
+from dataset_trees import REPO, by_path, check_meta, counts, image, mask, run_cli, text
+from generate_dataset_json import DATASETS, DatasetError, DatasetWarning, build_meta, write_meta
 
 BENCHMARKS = ("mvtec", "visa", "mpdd", "btad", "ksdd", "dagm", "dtd", "headct", "brainmri", "br35h",
               "isic", "colondb", "clinicdb", "kvasir", "endo")
-ITEM_KEYS = {"img_path", "mask_path", "cls_name", "specie_name", "anomaly"}
-MASK_SUFFIXES = ("", "_mask", "_label", "_segmentation")
+VCP_BENCHMARKS = ("ksdd2", "rsdd", "road", "msd", "bsd", "gc10")  # tested in test_vcp_datasets.py
 
 
 # --------------------------------------------------------------------------- tree builders
-
-def image(root: Path, rel: str, size=(4, 3)) -> Path:
-    """A real (tiny) image file; the format follows the extension, whatever its case."""
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (120, 90, 60)).save(path, format=Image.registered_extensions()[path.suffix.lower()])
-    return path
-
-
-def mask(root: Path, rel: str, size=(4, 3)) -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas = Image.new("L", size, 0)
-    canvas.putpixel((1, 1), 255)
-    canvas.save(path, format=Image.registered_extensions()[path.suffix.lower()])
-    return path
-
-
-def text(root: Path, rel: str, content: str = "not an image\n") -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
-    return path
-
 
 def make_mvtec(root: Path) -> Path:
     """Two classes of a partial MVTec AD download, with the archive's text files."""
@@ -70,57 +38,18 @@ def make_mvtec(root: Path) -> Path:
     return root
 
 
-# --------------------------------------------------------------------------- checks
-
-def counts(meta: dict, split: str = "test") -> dict[str, tuple[int, int]]:
-    """{class: (normal, anomalous)} of one split."""
-    return {cls: (sum(1 - i["anomaly"] for i in items), sum(i["anomaly"] for i in items))
-            for cls, items in meta[split].items()}
-
-
-def check_meta(meta: dict, root: Path, *, masks: str = "required") -> None:
-    """What every meta.json must satisfy: SPEC §10's shape, paths that resolve against
-    the root, items sorted by path, and each mask named after its own image. `masks`:
-    "required" (every anomalous image has one), "none" (image-level sets) or "optional"."""
-    assert set(meta) == {"train", "test"}
-    assert set(meta["train"]) == set(meta["test"])
-    for split, classes in meta.items():
-        for cls, items in classes.items():
-            assert [i["img_path"] for i in items] == sorted(i["img_path"] for i in items)
-            for item in items:
-                assert set(item) == ITEM_KEYS and item["cls_name"] == cls and item["anomaly"] in (0, 1)
-                assert not os.path.isabs(item["img_path"]) and (root / item["img_path"]).is_file()
-                if not item["anomaly"]:
-                    assert item["mask_path"] == ""
-                elif masks == "none":
-                    assert item["mask_path"] == ""
-                elif item["mask_path"] or masks == "required":
-                    assert (root / item["mask_path"]).is_file()
-                    image_stem, mask_stem = Path(item["img_path"]).stem, Path(item["mask_path"]).stem
-                    assert mask_stem.startswith(image_stem)
-                    assert mask_stem[len(image_stem):].lower() in MASK_SUFFIXES
-
-
-def by_path(meta: dict, split: str = "test") -> dict[str, dict]:
-    return {item["img_path"]: item for items in meta[split].values() for item in items}
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """The command exactly as a user types it, from the repository root."""
-    return subprocess.run([sys.executable, "-m", "generate_dataset_json", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
-
-
 # --------------------------------------------------------------------------- registry
 
 def test_registry_lists_every_benchmark_plus_folder():
-    assert set(BENCHMARKS) | {"folder"} == set(DATASETS)
+    assert set(BENCHMARKS) | set(VCP_BENCHMARKS) | {"folder"} == set(DATASETS)
     for spec in DATASETS.values():
         assert spec.layout and spec.title
         assert spec.url or spec.name == "folder"
-    fixed = {name: DATASETS[name].class_name for name in BENCHMARKS if DATASETS[name].class_name}
+    fixed = {name: DATASETS[name].class_name for name in BENCHMARKS + VCP_BENCHMARKS if DATASETS[name].class_name}
     assert fixed == {"ksdd": "electrical commutators", "headct": "brain", "brainmri": "brain", "br35h": "brain",
-                     "isic": "skin", "colondb": "colon", "clinicdb": "colon", "kvasir": "colon", "endo": "colon"}
+                     "isic": "skin", "colondb": "colon", "clinicdb": "colon", "kvasir": "colon", "endo": "colon",
+                     "ksdd2": "surface", "road": "road", "msd": "phone screen", "bsd": "ball screw",
+                     "gc10": "steel sheet"}
 
 
 def test_unknown_dataset_name_lists_the_choices(tmp_path):
@@ -496,6 +425,7 @@ def test_write_meta_is_atomic(tmp_path):
 
 # --------------------------------------------------------------------------- the command
 
+@pytest.mark.slow
 def test_cli_writes_meta_and_prints_counts(tmp_path):
     root = make_mvtec(tmp_path / "mvtec")
     result = run_cli("mvtec", "--root", str(root))
@@ -506,6 +436,7 @@ def test_cli_writes_meta_and_prints_counts(tmp_path):
     assert "test normal" in result.stdout and "total" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_out_flag_and_warnings(tmp_path):
     root = make_mvtec(tmp_path / "mvtec")
     mask(root, "wood/ground_truth/scratch/777_mask.png")
@@ -516,6 +447,7 @@ def test_cli_out_flag_and_warnings(tmp_path):
     assert out.is_file() and not (root / "meta.json").exists()
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_non_zero_and_write_nothing(tmp_path):
     root = make_mvtec(tmp_path / "mvtec")
     (root / "wood/ground_truth/scratch/000_mask.png").unlink()
@@ -528,6 +460,7 @@ def test_cli_errors_exit_non_zero_and_write_nothing(tmp_path):
     assert run_cli("nosuchset", "--root", str(root)).returncode == 2
 
 
+@pytest.mark.slow
 def test_cli_help_names_layout_and_download(tmp_path):
     result = run_cli("dagm", "--help")
     assert result.returncode == 0
