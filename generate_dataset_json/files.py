@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from utils import DatasetError  # one class for the whole project, re-exported for the walkers
+
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 
 # How many names one message lists before it says "and N more": a missing mask folder
@@ -19,9 +21,6 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", 
 MAX_LISTED = 5
 
 
-class DatasetError(Exception):
-    """A problem with the dataset on disk that the user has to fix; the message names
-    the file or folder and says what was expected."""
 
 
 class Problems:

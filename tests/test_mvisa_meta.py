@@ -16,7 +16,7 @@ from generate_dataset_json.mvisa import build_mvisa_meta
 
 # A copy of reference/vcp_tiny/data: the tree and the meta_mvtec.json that the
 # authors' make_meta.py wrote for it.
-FIXTURE = REPO / "tests/fixtures/mvisa_tiny/data"
+FIXTURE = REPO / "tests/fixtures/vcp_tiny/data"  # the VCP-CLIP fixture is in the authors' layout
 MVISA_KEYS = ["img_path", "mask_path", "cls_name", "specie_name", "dataset_name", "anomaly"]
 
 
