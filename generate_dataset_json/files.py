@@ -21,8 +21,6 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", 
 MAX_LISTED = 5
 
 
-
-
 class Problems:
     """Collects the errors and warnings of one walk over a dataset.
 
