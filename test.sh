@@ -1,39 +1,64 @@
 #!/usr/bin/env bash
-# The paper's evaluation protocol (SPEC §6, §11): the MVTec-trained model on every other dataset,
-# the VisA-trained model on MVTec AD, then the tables beside the paper's numbers.
-# Datasets without $DATA_ROOT/NAME/meta.json are skipped with a note.
-# Edit the variables below, or set them in the environment: DATA_ROOT=/data bash test.sh
+# The papers' evaluation protocol, for either method, then the tables beside the paper's numbers:
+#   METHOD=vip2 (default): the MVTec-trained model on every other dataset, the VisA-trained one on MVTec AD.
+#   METHOD=vcp:            the VisA-trained model on the other nine datasets, the MVTec-trained one on VisA.
+# Which checkpoint evaluates which dataset comes from the method's paper (`python -m models.paper $METHOD test`);
+# every setting comes from the checkpoint. Datasets without a meta file are skipped with a note; the
+# script fails when nothing at all was evaluated.
+# Edit the variables below, or set them in the environment: DATA_ROOT=/data METHOD=vcp bash test.sh
 set -euo pipefail
+cd "$(dirname "$0")"
 
-DATA_ROOT=${DATA_ROOT:-./data}                 # one folder per dataset, named as below, each with meta.json
+PYTHON=${PYTHON:-python}
+METHOD=${METHOD:-vip2}
+DATA_ROOT=${DATA_ROOT:-./data}                 # DATA_ROOT/NAME/meta.json, or DATA_ROOT/meta_NAME.json (VCP-CLIP's layout)
 CLIP_WEIGHTS=${CLIP_WEIGHTS:-openai}           # ViT-L-14-336px.pt, a state dict, or 'openai'
-CHECKPOINTS=${CHECKPOINTS:-./checkpoints}
-MVTEC_CHECKPOINT=${MVTEC_CHECKPOINT:-$CHECKPOINTS/mvtec_train/epoch_10.pth}   # or the released mvtec_train_epoch_10.pth
-VISA_CHECKPOINT=${VISA_CHECKPOINT:-$CHECKPOINTS/visa_train/epoch_10.pth}      # or the released visa_train_epoch_10.pth
-RESULTS=${RESULTS:-./results}
+CHECKPOINTS=${CHECKPOINTS:-./checkpoints/$METHOD}
+# The checkpoint trained on NAME: ${NAME}_CHECKPOINT (e.g. MVTEC_CHECKPOINT=mvtec_train_epoch_10.pth, the
+# authors' release), else the last epoch_{n}.pth in $CHECKPOINTS/NAME_train/.
+RESULTS=${RESULTS:-./results/$METHOD}
 DEVICE=${DEVICE:-auto}
 PRECISION=${PRECISION:-fp32}
-PRO_MODE=${PRO_MODE:-official}                 # 'official' (the paper's AUPRO) or 'exact'
-EXTRA_ARGS=${EXTRA_ARGS:-}                     # e.g. "--visualize" or "--precision bf16"
+PRO_MODE=${PRO_MODE:-official}                 # 'official' (the papers' AUPRO) or 'exact'
+EXTRA_ARGS=${EXTRA_ARGS:-}                     # e.g. "--visualize", "--overwrite" or "--precision bf16"
 
-evaluate() {  # dataset name, checkpoint
-    if [[ ! -f "$DATA_ROOT/$1/meta.json" ]]; then
-        echo "skipping $1: no $DATA_ROOT/$1/meta.json (see README, 'Data')"
-        return
-    fi
-    python test.py \
-        --dataset "$1" \
-        --data_path "$DATA_ROOT/$1" \
-        --checkpoint_path "$2" \
-        --clip_weights "$CLIP_WEIGHTS" \
-        --save_path "$RESULTS/$1" \
-        --features_list 6 12 18 24 --image_size 518 --topk 50 --sigma 8 \
-        --pro_mode "$PRO_MODE" --device "$DEVICE" --precision "$PRECISION" $EXTRA_ARGS
+data_path() {  # where NAME's meta file lives, or nothing
+    if [[ -f "$DATA_ROOT/$1/meta.json" || -f "$DATA_ROOT/$1/meta_$1.json" ]]; then echo "$DATA_ROOT/$1"
+    elif [[ -f "$DATA_ROOT/meta_$1.json" ]]; then echo "$DATA_ROOT"; fi
 }
 
-evaluate mvtec "$VISA_CHECKPOINT"
-for dataset in visa mpdd btad ksdd dagm dtd headct brainmri br35h isic colondb clinicdb kvasir endo; do
-    evaluate "$dataset" "$MVTEC_CHECKPOINT"
-done
+checkpoint_of() {  # the checkpoint trained on auxiliary dataset $1
+    local variable="${1^^}_CHECKPOINT"
+    if [[ -n "${!variable:-}" ]]; then echo "${!variable}"; return; fi
+    ls -v "$CHECKPOINTS/$1_train"/epoch_*.pth 2>/dev/null | tail -n 1
+}
 
-python summarize.py "$RESULTS"
+evaluated=0
+protocol=$("$PYTHON" -m models.paper "$METHOD" test)
+while read -r dataset auxiliary; do
+    data=$(data_path "$dataset")
+    if [[ -z "$data" ]]; then
+        echo "skipping $dataset: no $DATA_ROOT/$dataset/meta.json nor $DATA_ROOT/meta_$dataset.json (README, 'Data')"
+        continue
+    fi
+    checkpoint=$(checkpoint_of "$auxiliary")
+    if [[ -z "$checkpoint" ]]; then
+        echo "test.sh: no checkpoint trained on $auxiliary for $dataset: run train.sh, or set ${auxiliary^^}_CHECKPOINT" >&2
+        exit 1
+    fi
+    # shellcheck disable=SC2086  # $EXTRA_ARGS is a list of flags
+    "$PYTHON" test.py --model "$METHOD" \
+        --dataset "$dataset" \
+        --data_path "$data" \
+        --checkpoint_path "$checkpoint" \
+        --clip_weights "$CLIP_WEIGHTS" \
+        --save_path "$RESULTS/$dataset" \
+        --pro_mode "$PRO_MODE" --device "$DEVICE" --precision "$PRECISION" $EXTRA_ARGS
+    evaluated=$((evaluated + 1))
+done <<< "$protocol"
+
+if [[ $evaluated -eq 0 ]]; then
+    echo "test.sh: no dataset of the $METHOD protocol was found under $DATA_ROOT; nothing was evaluated" >&2
+    exit 1
+fi
+"$PYTHON" summarize.py "$RESULTS" --model "$METHOD"

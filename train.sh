@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# The paper's training protocol (SPEC §5): one model trained on MVTec AD's annotated test split
-# (used to evaluate every other dataset), one on VisA's (used to evaluate MVTec AD).
-# Edit the variables below, or set them in the environment: DATA_ROOT=/data bash train.sh
+# The papers' training protocol, for either method:
+#   METHOD=vip2 (default): ViP²-CLIP on MVTec AD (for every other dataset) and on VisA (for MVTec AD), SPEC §5.
+#   METHOD=vcp:            VCP-CLIP on VisA (lr 4e-5, no mosaic) and on MVTec AD (lr 2e-5), SPEC_VCP §6, §12.
+# The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); every
+# other setting is the method's default, which is the paper's (`python train.py --model $METHOD --help`).
+# Edit the variables below, or set them in the environment:
+#   DATA_ROOT=/data CLIP_WEIGHTS=ViT-L-14-336px.pt METHOD=vcp bash train.sh
 set -euo pipefail
+cd "$(dirname "$0")"
 
-DATA_ROOT=${DATA_ROOT:-./data}                 # holds mvtec/ and visa/, each with its meta.json
+PYTHON=${PYTHON:-python}                       # the interpreter (a virtual environment's, say)
+METHOD=${METHOD:-vip2}                         # vip2 or vcp
+DATA_ROOT=${DATA_ROOT:-./data}                 # DATA_ROOT/NAME/meta.json, or DATA_ROOT/meta_NAME.json (VCP-CLIP's layout)
 CLIP_WEIGHTS=${CLIP_WEIGHTS:-openai}           # ViT-L-14-336px.pt, a state dict, or 'openai'
-CHECKPOINTS=${CHECKPOINTS:-./checkpoints}      # epoch_{n}.pth land in $CHECKPOINTS/{mvtec,visa}_train/
+CHECKPOINTS=${CHECKPOINTS:-./checkpoints/$METHOD}   # epoch_{n}.pth land in $CHECKPOINTS/{NAME}_train/
 DEVICE=${DEVICE:-auto}
 PRECISION=${PRECISION:-fp32}                   # fp32 reproduces the reference; bf16 is faster on a GPU
-EXTRA_ARGS=${EXTRA_ARGS:-}                     # e.g. "--fix_quirks" or "--cache_features off"
+EXTRA_ARGS=${EXTRA_ARGS:-}                     # e.g. "--overwrite" to run again into the same folders
 
-for auxiliary in mvtec visa; do
-    python train.py \
+data_path() {  # where NAME's meta file lives
+    if [[ -f "$DATA_ROOT/$1/meta.json" || -f "$DATA_ROOT/$1/meta_$1.json" ]]; then echo "$DATA_ROOT/$1"
+    else echo "$DATA_ROOT"; fi
+}
+
+protocol=$("$PYTHON" -m models.paper "$METHOD" train)
+while read -r auxiliary flags; do
+    # shellcheck disable=SC2086  # $flags and $EXTRA_ARGS are lists of flags
+    "$PYTHON" train.py --model "$METHOD" \
         --dataset "$auxiliary" \
-        --train_data_path "$DATA_ROOT/$auxiliary" \
+        --train_data_path "$(data_path "$auxiliary")" \
         --save_path "$CHECKPOINTS/${auxiliary}_train" \
         --clip_weights "$CLIP_WEIGHTS" \
-        --features_list 6 12 18 24 --image_size 518 --n_ctx 7 --n_cls 3 --topk 50 \
-        --epoch 10 --learning_rate 0.001 --batch_size 8 --seed 111 --save_freq 1 \
-        --device "$DEVICE" --precision "$PRECISION" $EXTRA_ARGS
-done
+        --device "$DEVICE" --precision "$PRECISION" $flags $EXTRA_ARGS
+done <<< "$protocol"

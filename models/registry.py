@@ -22,10 +22,18 @@ class Method:
     config: type  # model settings dataclass (models/settings.py)
     training: type  # training hyperparameters dataclass
     model: str  # "package.module:Class" of its AnomalyModel subclass, imported lazily
+    paper: str = ""  # "package.module:NAME" of its `models.paper.Paper` (tables, protocol)
 
     def model_class(self):
-        module_name, _, class_name = self.model.partition(":")
-        return getattr(importlib.import_module(module_name), class_name)
+        return _load(self.model)
+
+    def paper_tables(self):
+        return _load(self.paper) if self.paper else None
+
+
+def _load(reference: str):
+    module_name, _, name = reference.partition(":")
+    return getattr(importlib.import_module(module_name), name)
 
 
 _METHODS: dict[str, Method] = {}

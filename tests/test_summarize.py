@@ -7,6 +7,10 @@ from pathlib import Path
 import pytest
 
 import summarize
+from models import get_method, method_names
+
+VIP2 = get_method("vip2").paper_tables()
+VCP = get_method("vcp").paper_tables()
 
 MVTEC = {"pixel_auroc": 0.9123, "pixel_ap": 0.40, "pixel_f1": 0.4449, "pixel_aupro": 0.8562,
          "image_auroc": 0.9051, "image_ap": 0.9712, "image_f1": None}  # null: undefined in that run
@@ -46,8 +50,8 @@ def summary(tmp_path) -> str:
 
 def test_industrial_rows_against_the_paper(summary):
     rows = table_rows(summary, "Table 1")
-    paper = summarize.PAPER["mvtec"].values
-    columns = summarize.TABLES["industrial"][1]
+    paper = VIP2.rows["mvtec"].values
+    columns = VIP2.tables["industrial"][1]
     assert [row[:2] for row in rows[:3]] == [["MVTec AD", "this run"], ["", "paper"], ["", "difference"]]
     assert row_values(rows[0]) == [90.5, 97.1, None, 91.2, 85.6, 44.5]  # percent, 1 decimal, "–" for null
     assert row_values(rows[1]) == [paper[c] for c in columns]
@@ -63,7 +67,7 @@ def test_medical_image_level_table(summary):
     rows = table_rows(summary, "medical datasets, image level")
     assert rows[0][:2] == ["HeadCT", "this run"]
     assert row_values(rows[0]) == [94.7, 90.1, 88.1]
-    assert row_values(rows[1]) == list(summarize.PAPER["headct"].values.values())
+    assert row_values(rows[1]) == list(VIP2.rows["headct"].values.values())
     assert row_values(rows[2]) == [0.4, -3.8, 0.0]
     assert "pixel level" not in summary and "not in the paper" not in summary
 
@@ -99,9 +103,39 @@ def test_labels_match_the_registry():
     assert summarize.paper_key("mvtec") == summarize.paper_key("MVTec AD") == "mvtec"
     assert summarize.paper_key("DTD-Synthetic") == "dtd" and summarize.paper_key("CVC-ClinicDB") == "clinicdb"
     assert summarize.paper_key("synthetic") is None
-    # every registry row belongs to a table and gives the triple(s) that table shows
-    for key, row in summarize.PAPER.items():
-        assert set(summarize.TABLES[row.table][1]) == set(row.values), key
+    # every paper row belongs to a table and gives the values that table shows
+    for paper in (VIP2, VCP):
+        for key, row in paper.rows.items():
+            assert set(paper.tables[row.table][1]) == set(row.values), key
+
+
+def test_every_dataset_name_is_a_registry_name():
+    """One list of dataset names: the papers' rows and protocols use generate_dataset_json's registry names."""
+    from generate_dataset_json import DATASETS
+
+    for method in method_names():
+        paper = get_method(method).paper_tables()
+        names = set(paper.rows) | set(paper.evaluation) | set(paper.evaluation.values()) | {t for t, _ in paper.training}
+        assert names <= set(DATASETS), (method, names - set(DATASETS))
+        assert set(paper.evaluation.values()) <= {t for t, _ in paper.training}, method
+
+
+def test_vcp_table_and_a_mean_that_left_a_class_out(tmp_path):
+    mean = {"pixel_auroc": 0.93, "pixel_aupro": 0.88, "pixel_ap": 0.50, "image_auroc": 0.91, "image_ap": 0.95}
+    path = tmp_path / "vcp" / "mvtec" / "results.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"method": "vcp", "dataset": "mvtec", "metrics": {
+        "bottle": mean, "screw": {**mean, "image_auroc": None}, "mean": mean}}))
+    write_results(tmp_path / "vip2" / "mvtec", "mvtec", MVTEC)
+    summary = summarize.main([str(tmp_path)])
+    assert "## ViP²-CLIP results" in summary and "## VCP-CLIP results" in summary
+    rows = table_rows(summary, "pixel and image level")
+    assert rows[0][:2] == ["MVTec AD", "this run"]
+    assert rows[0][2:] == ["93.0", "88.0", "50.0", "91.0*", "95.0"]
+    assert row_values(rows[1]) == [92.0, 87.3, 49.4, 92.1, 96.9]
+    assert "MVTec AD, image AUROC: the mean leaves out screw" in summary
+    only = summarize.main([str(tmp_path), "--model", "vcp", "--out", str(tmp_path / "vcp.md")])
+    assert "ViP²-CLIP" not in only
 
 
 def test_no_results_is_an_error(tmp_path):
@@ -110,8 +144,6 @@ def test_no_results_is_an_error(tmp_path):
 
 
 def test_download_folder_names_match_the_paper_and_unknown_labels_are_reported(tmp_path, capsys):
-    import summarize
-
     assert summarize.paper_key("BTech_Dataset_transformed") == "btad"
     assert summarize.paper_key("brain_tumor_dataset") == "brainmri"
     messages = []
@@ -119,4 +151,4 @@ def test_download_folder_names_match_the_paper_and_unknown_labels_are_reported(t
     folder.mkdir()
     (folder / "results.json").write_text(json.dumps({"dataset": "my_parts", "metrics": {"mean": {"image_auroc": 0.5}}}))
     summarize.gather(tmp_path, warn=messages.append)
-    assert any("'my_parts' is not one of the paper's datasets" in m for m in messages)
+    assert any("'my_parts' is not one of the ViP²-CLIP paper's datasets" in m for m in messages)

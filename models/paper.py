@@ -1,0 +1,63 @@
+"""The shape of a paper's numbers and protocol, which each method's `paper.py` fills in.
+
+`summarize.py` lays results out like the paper's tables from these rows, `train.sh` and
+`test.sh` read the protocol (which auxiliary datasets train, which checkpoint evaluates
+which dataset) from them, and every dataset key is a `generate_dataset_json` registry
+name (a test checks it): the dataset names live in one registry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+COLUMN_TITLES = {"image_auroc": "image AUROC", "image_ap": "image AP", "image_f1": "image F1-max",
+                 "pixel_auroc": "pixel AUROC", "pixel_aupro": "pixel PRO", "pixel_ap": "pixel AP",
+                 "pixel_f1": "pixel F1-max"}
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One dataset of a paper's tables: its title, which table, and the reported values (percent)."""
+
+    title: str
+    table: str  # a key of the paper's TABLES
+    values: dict  # metric key -> percent
+    aliases: tuple[str, ...] = ()  # other labels a results.json may carry (compared without case or punctuation)
+
+
+def row(title, table, columns, numbers, aliases=()) -> PaperRow:
+    return PaperRow(title, table, dict(zip(columns, numbers)), tuple(aliases))
+
+
+@dataclass(frozen=True)
+class Paper:
+    title: str
+    rows: dict  # registry name -> PaperRow, in the paper's row order
+    tables: dict  # table key -> (heading, metric columns)
+    training: tuple  # (auxiliary dataset, extra train.py flags) in train.sh's order
+    evaluation: dict = field(default_factory=dict)  # dataset -> the auxiliary dataset its checkpoint was trained on
+
+
+def main(argv=None) -> int:
+    """`python -m models.paper METHOD train|test`: the protocol as lines for train.sh and test.sh.
+
+    train: `AUXILIARY FLAG...` per training run; test: `DATASET AUXILIARY` per evaluation."""
+    import argparse
+
+    from .registry import get_method, method_names
+
+    parser = argparse.ArgumentParser(prog="python -m models.paper", description=main.__doc__)
+    parser.add_argument("method", choices=method_names())
+    parser.add_argument("stage", choices=("train", "test"))
+    args = parser.parse_args(argv)
+    paper = get_method(args.method).paper_tables()
+    if args.stage == "train":
+        for auxiliary, flags in paper.training:
+            print(" ".join((auxiliary, *flags)))
+    else:
+        for dataset, auxiliary in paper.evaluation.items():
+            print(dataset, auxiliary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
