@@ -1,4 +1,4 @@
-"""End-to-end speed of test.py and train.py on a GPU, with no weights or data from outside.
+"""End-to-end speed of test.py and train.py on a GPU, for either method, with no weights or data from outside.
 
 Builds a synthetic MVTec-layout dataset of PNGs at a realistic size (default 1024 px, three
 classes) and a randomly initialised ViT-L/14@336, then runs the real command lines per
@@ -6,7 +6,8 @@ precision and reports images/s, wall time and peak GPU memory, plus how far bf16
 maps and scores move from fp32. A first row times data loading alone (test.py's loader,
 no model), which bounds what the GPU can be fed.
 
-    python benchmarks/bench_gpu.py                      # 192 test images, 1725 training images
+    python benchmarks/bench_gpu.py                      # ViP²-CLIP: 192 test images, 1725 training images
+    python benchmarks/bench_gpu.py --model vcp          # VCP-CLIP, its training with the paper's augmentation
     python benchmarks/bench_gpu.py --train_images 200   # a quicker look
     python benchmarks/bench_gpu.py --skip_train --output bench.json
 
@@ -19,7 +20,6 @@ Without a CUDA device it says so and exits (use --allow_cpu --arch tiny to check
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -42,6 +42,9 @@ CLASSES = ("bottle_synth", "tile_synth", "screw_synth")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vip2", choices=("vip2", "vcp"), help="the method")
+    parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[],
+                        help="further train.py flags, last on the line (e.g. --aug_rate -1 --no_albumentations)")
     parser.add_argument("--test_images", type=int, default=192, help="images evaluated by test.py")
     parser.add_argument("--train_images", type=int, default=1725, help="images trained on (MVTec AD has 1725)")
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
@@ -83,13 +86,11 @@ def run(script: str, *args) -> float:
 
 def loading_row(data: Path, image_size: int, batch_size: int, workers: int | None, device: str) -> dict:
     """test.py's loader alone: decoding and resizing, split over its worker processes."""
+    import inference as test_script
     from dataset import AnomalyDataset
-    from utils import default_workers
+    from runtime import default_workers
 
-    spec = importlib.util.spec_from_file_location("vip2_test_script", ROOT / "test.py")
-    test_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(test_script)
-    dataset = AnomalyDataset(data, image_size, split="test", normalize=False)
+    dataset = AnomalyDataset(data, image_size, split="test")
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(dataset, batch_size=test_script.loader_chunk(batch_size, workers),
                                          num_workers=workers, pin_memory=device == "cuda")
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     layers = ["6", "12", "18", "24"] if args.arch != "tiny" else ["1", "2", "3", "4"]
     rows, maps = [], {}
-    with tempfile.TemporaryDirectory(prefix="vip2_bench_") as temporary:
+    with tempfile.TemporaryDirectory(prefix="zsas_bench_") as temporary:
         work = Path(args.workdir or temporary)
         work.mkdir(parents=True, exist_ok=True)
         start = time.time()
@@ -123,23 +124,23 @@ def main(argv=None) -> None:
             torch.save({k: v.half() if v.is_floating_point() else v
                         for k, v in random_clip_state_dict(args.arch, seed=0).items()}, weights)
         print(f"data and weights ready in {time.time() - start:.0f} s", flush=True)
-        common = ["--clip_weights", weights, "--image_size", args.image_size, "--features_list", *layers,
-                  "--device", device]
+        common = ["--model", args.model, "--clip_weights", weights, "--image_size", args.image_size,
+                  "--features_list", *layers, "--device", device]
         workers = ["--num_workers", args.num_workers] if args.num_workers is not None else []
 
         if test_data is not None:
             rows.append(loading_row(test_data, args.image_size, args.batch_size or (32 if device == "cuda" else 8),
                                     args.num_workers, device))
-            init = work / f"init_{args.arch}_{args.image_size}" / "epoch_1.pth"
+            init = work / f"init_{args.model}_{args.arch}_{args.image_size}" / "epoch_1.pth"
             if not init.is_file():
                 run("train.py", "--train_data_path", test_data, "--save_path", init.parent, "--epoch", "1",
                     "--overwrite", *common, *workers)
         for precision in args.precisions:
             if test_data is not None:
-                out = work / f"test_{precision}"
+                out = work / f"test_{args.model}_{precision}"
                 extra = ["--batch_size", args.batch_size] if args.batch_size else []
                 wall = run("test.py", "--data_path", test_data, "--checkpoint_path", init, "--save_path", out,
-                           "--save_maps", out / "maps.npz", "--precision", precision, *common, *workers, *extra)
+                           "--save_maps", out / "maps.npz", "--precision", precision, "--overwrite", *common, *workers, *extra)
                 stats = json.loads((out / "results.json").read_text())["run"]
                 with np.load(out / "maps.npz") as saved:
                     maps[precision] = (saved["anomaly_maps"], saved["image_scores"])
@@ -148,9 +149,9 @@ def main(argv=None) -> None:
                              "peak_gpu_memory_gb": stats["peak_gpu_memory_gb"],
                              "model_seconds": stats["inference_seconds"], "metrics_seconds": stats["metrics_seconds"]})
             if train_data is not None:
-                save = work / f"train_{precision}"
+                save = work / f"train_{args.model}_{precision}"
                 wall = run("train.py", "--train_data_path", train_data, "--save_path", save, "--epoch", args.epochs,
-                           "--precision", precision, "--overwrite", *common, *workers)
+                           "--precision", precision, "--overwrite", *common, *workers, *args.train_args)
                 train_stats = json.loads((save / "train_stats.json").read_text())
                 rows.append({"script": f"train.py ({args.epochs} epochs)", "precision": precision,
                              "images": train_stats["images"], "seconds": train_stats["seconds"], "wall": wall,
@@ -160,7 +161,8 @@ def main(argv=None) -> None:
 
     from tabulate import tabulate
 
-    title = (f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, {args.arch} at {args.image_size} px, "
+    title = (f"{args.model}, {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, {args.arch} at "
+             f"{args.image_size} px, "
              f"{args.image_px} px PNGs, torch {torch.__version__}")
     print(f"\n{title}")
     print(tabulate(rows, headers="keys", floatfmt=".1f", missingval="-"))
@@ -169,6 +171,7 @@ def main(argv=None) -> None:
         if precision == "fp32" or "fp32" not in maps:
             continue
         map_diff, score_diff = np.abs(low_maps - maps["fp32"][0]), np.abs(low_scores - maps["fp32"][1])
+        map_diff, score_diff = map_diff[np.isfinite(map_diff)], score_diff[np.isfinite(score_diff)]
         drifts[precision] = {"maps_max": float(map_diff.max()), "maps_mean": float(map_diff.mean()),
                              "scores_max": float(score_diff.max()), "scores_mean": float(score_diff.mean())}
         print(f"{precision} vs fp32: maps max {map_diff.max():.2e} mean {map_diff.mean():.2e}; "

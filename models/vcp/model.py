@@ -118,10 +118,13 @@ class VCPCLIP(AnomalyModel):
             patches = stream[:, 1:]
             normalised = patches / patches.norm(dim=-1, keepdim=True)
             updated = self.post_vcp(text, normalised)  # [N, 2, W]
-            post.append((tau_post * normalised) @ updated.transpose(1, 2))
             projected = head(patches)
             projected = projected / projected.norm(dim=-1, keepdim=True)
-            pre.append((tau_pre * projected) @ text.transpose(1, 2))
+            # The scaled cosines become logits at temperature ~1/14: always float32, as ViP²-CLIP's UTPA
+            # (bf16's rounding would show in every map and score; the products are a sliver of the work).
+            with torch.autocast(patches.device.type, enabled=False):
+                post.append((tau_post * normalised.float()) @ updated.float().transpose(1, 2))
+                pre.append((tau_pre * projected.float()) @ text.float().transpose(1, 2))
         return post, pre
 
     def probability_maps(self, logits: torch.Tensor) -> torch.Tensor:
