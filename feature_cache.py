@@ -70,9 +70,10 @@ class FeatureCache:
 
     def __init__(self, size: int, first: dict, place: torch.device):
         self.place = place
-        self.features = [torch.empty((size, *f.shape[1:]), dtype=f.dtype, device=place) for f in first["features"]]
-        self.masks = torch.empty((size, *first["mask"].shape[1:]), dtype=torch.uint8, device=place)
-        self.labels = torch.empty(size, dtype=torch.long, device=place)
+        # zeros, not empty: under torchrun the ranks' caches are summed into one (distributed.all_sum)
+        self.features = [torch.zeros((size, *f.shape[1:]), dtype=f.dtype, device=place) for f in first["features"]]
+        self.masks = torch.zeros((size, *first["mask"].shape[1:]), dtype=torch.uint8, device=place)
+        self.labels = torch.zeros(size, dtype=torch.long, device=place)
         self.filled = torch.zeros(size, dtype=torch.bool)
 
     @staticmethod

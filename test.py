@@ -102,17 +102,28 @@ def main(argv=None) -> dict:
     method = get_method(args.model)
     earlier = check_outputs(args)
 
+    import distributed
+
+    context, device = distributed.setup(args.device)
+    try:
+        return evaluate(args, method, earlier, context, device)
+    finally:
+        distributed.teardown(context)
+
+
+def evaluate(args, method, earlier, context, device) -> dict | None:
+    """Every rank infers its shard; rank 0 gathers, scores and writes (returns None elsewhere)."""
     import torch
 
+    import distributed
     from dataset import AnomalyDataset
-    from inference import predict_dataset, save_maps, warm_up
+    from inference import loader_chunk, predict_dataset, save_maps, warm_up
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
     from runtime import (configure_precision, default_workers, memory_note, peak_gpu_memory_gb,
-                         reset_peak_gpu_memory, resolve_device, shared_memory_warning)
+                         reset_peak_gpu_memory, shared_memory_warning)
     from utils import atomic_write_json, nan_to_none, setup_logger
 
-    device = resolve_device(args.device)
     checkpoint = read_checkpoint(args.checkpoint_path)
     settings = values_from_args(args, method.config)
     config = resolve_config(method.name, checkpoint, args.checkpoint_path, **settings)
@@ -122,21 +133,22 @@ def main(argv=None) -> dict:
                          **settings)
     model.checkpoint_path = args.checkpoint_path
 
-    for path in earlier:  # only once every input has been checked
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
     save_path = Path(args.save_path)
-    logger = setup_logger("zsas.test", save_path)
+    if context.is_main:
+        for path in earlier:  # only once every input has been checked
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    logger = setup_logger("zsas.test", save_path if context.is_main else None, quiet=not context.is_main)
     label = args.dataset or Path(args.data_path).name
-    logger.info("evaluating %s with %s: %d images in %d classes from %s, on %s, precision %s", label,
-                method.title, len(dataset), len(dataset.class_names), dataset.meta_path, device, args.precision)
+    processes = f", {context.world_size} processes" if context.enabled else ""
+    logger.info("evaluating %s with %s: %d images in %d classes from %s, on %s%s, precision %s", label,
+                method.title, len(dataset), len(dataset.class_names), dataset.meta_path, device, processes,
+                args.precision)
     logger.info("settings: %s", json.dumps(model.recorded_config()))
 
     batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
     workers = args.num_workers
     if workers is None:
         workers = default_workers() if device.type == "cuda" else 0
-    from inference import loader_chunk
-
     shm_warning = shared_memory_warning(workers, loader_chunk(batch_size, workers), config.image_size)
     if shm_warning:
         logger.warning(shm_warning)
@@ -145,8 +157,12 @@ def main(argv=None) -> dict:
         logger.info("GPU warm-up pass: %.1f s", warm_up_seconds)
     reset_peak_gpu_memory(device)
     start = time.time()
+    shard = [i for batch in distributed.batches_of_rank(len(dataset), batch_size, context) for i in batch]
     outputs = predict_dataset(model, dataset, device, batch_size=batch_size, workers=workers,
-                              precision=args.precision)
+                              precision=args.precision, indices=shard if context.enabled else None)
+    outputs = distributed.gather_to_main(outputs, context, len(dataset), batch_size)
+    if not context.is_main:
+        return None
     cls_names = [s.cls_name for s in dataset.samples]
     outputs = model.finalize(outputs, cls_names)
     if device.type == "cuda":
@@ -159,7 +175,8 @@ def main(argv=None) -> dict:
     stats = {"images": len(dataset), "seconds": total_seconds, "images_per_second": len(dataset) / total_seconds,
              "inference_seconds": inference_seconds, "metrics_seconds": total_seconds - inference_seconds,
              "warm_up_seconds": warm_up_seconds, "precision": args.precision, "batch_size": batch_size,
-             "workers": workers, "device": str(device), "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
+             "workers": workers, "device": str(device), "processes": context.world_size,
+             "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
     logger.info("\n%s", metrics.format_table(results, keys=keys))
     logger.info("%d images in %.1f s from first image to last metric (%.1f images/s): model and smoothing "
                 "%.1f s, metrics %.1f s%s", len(dataset), total_seconds, stats["images_per_second"],

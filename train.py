@@ -100,20 +100,39 @@ def main(argv=None) -> Path:
     # Everything below imports torch; every input is checked before anything is written.
     import torch
 
-    from dataset import AnomalyDataset
-    from models import create_model
-    from models.checkpoint import read_checkpoint
-    from runtime import configure_precision, default_workers, resolve_device, set_seed, shared_memory_warning
-    from utils import setup_logger
+    import distributed
 
-    config_class = method.config
-    image_size = settings.get("image_size") or config_class().image_size
+    from dataset import AnomalyDataset
+    from models.checkpoint import read_checkpoint
+
+    image_size = settings.get("image_size") or method.config().image_size
     dataset = AnomalyDataset(args.train_data_path, image_size, split=TRAIN_SPLIT, dataset=args.dataset,
                              augmentation=training.augmentation())
     validation = (AnomalyDataset(args.val_data_path, image_size, split="test", dataset=args.val_dataset)
                   if args.val_data_path else None)
     init = read_checkpoint(args.init_checkpoint, "--init_checkpoint") if args.init_checkpoint else None
-    device = resolve_device(args.device)
+    context, device = distributed.setup(args.device)
+    try:
+        return _train(args, method, training, settings, save_path, to_remove, dataset, validation, init, context,
+                      device)
+    finally:
+        distributed.teardown(context)
+
+
+def _train(args, method, training, settings, save_path, to_remove, dataset, validation, init, context, device):
+    """Build the model and run the epochs (every rank, under torchrun); rank 0 logs and writes."""
+    import torch
+
+    import distributed
+    from models import create_model
+    from models.checkpoint import save_checkpoint
+    from runtime import (configure_precision, default_workers, memory_note, peak_gpu_memory_gb,
+                         reset_peak_gpu_memory, set_seed, shared_memory_warning)
+    from trainer import Trainer
+    from utils import setup_logger
+
+    distributed.check_batch(training.batch_size, context)
+    image_size = dataset.image_size
 
     configure_precision(args.precision)
     set_seed(training.seed)
@@ -121,10 +140,14 @@ def main(argv=None) -> Path:
                          checkpoint_flag="--init_checkpoint", device=device, **settings)
     model.train()
     model.configure_training(training)
+    distributed.broadcast_parameters(model, context)
+    if context.enabled:  # dropout and augmentation draw differently on each rank; the batches do not
+        set_seed(training.seed + context.rank)
 
-    for path in to_remove:  # only now: a run that fails on its inputs must not cost the earlier one
-        path.unlink()
-    logger = setup_logger("zsas.train", save_path)
+    if context.is_main:  # only now: a run that fails on its inputs must not cost the earlier one
+        for path in to_remove:
+            path.unlink()
+    logger = setup_logger("zsas.train", save_path if context.is_main else None, quiet=not context.is_main)
     label = args.dataset or Path(args.train_data_path).name
     if dataset.anomalous_count == 0:
         logger.warning("%s has no anomalous image in its %s split: the pixel losses have no defect to learn from",
@@ -136,19 +159,15 @@ def main(argv=None) -> Path:
     if shm_warning:
         logger.warning(shm_warning)
 
-    from trainer import Trainer
-
     trainer = Trainer(model, dataset, device=device, precision=args.precision, batch_size=training.batch_size,
                       workers=workers, seed=training.seed, epochs=training.epoch, cache_mode=args.cache_features,
-                      optimizer=optimizer, scaler=scaler, logger=logger)
-    logger.info("training %s on %s (%s, %d images, %d classes) on %s, precision %s, augmentation: %s",
-                method.title, dataset.meta_path, label, len(dataset), len(dataset.class_names), device,
+                      optimizer=optimizer, scaler=scaler, logger=logger, context=context)
+    processes = f", {context.world_size} processes" if context.enabled else ""
+    logger.info("training %s on %s (%s, %d images, %d classes) on %s%s, precision %s, augmentation: %s",
+                method.title, dataset.meta_path, label, len(dataset), len(dataset.class_names), device, processes,
                 args.precision, dataset.augmentation or "none")
     logger.info("settings: %s", json.dumps(model.recorded_config()))
     logger.info("training: %s", json.dumps(vars(training)))
-
-    from models.checkpoint import save_checkpoint
-    from runtime import memory_note, peak_gpu_memory_gb, reset_peak_gpu_memory
 
     reset_peak_gpu_memory(device)
     history, scores, last_saved, start = [], [], None, time.time()
@@ -156,26 +175,29 @@ def main(argv=None) -> Path:
         epoch_start = time.time()
         steps = trainer.run_epoch(epoch)
         history.extend(steps)
-        atomic_write_json(history, save_path / "losses.json")
+        if context.is_main:
+            atomic_write_json(history, save_path / "losses.json")
         if epoch % args.print_freq == 0 or epoch == training.epoch:
             means = {key: sum(step[key] for step in steps) / len(steps) for key in steps[0] if key != "epoch"}
             logger.info("epoch [%d/%d], %s (%.1f s)", epoch, training.epoch,
                         ", ".join(f"{key}:{value:.4f}" for key, value in means.items()), time.time() - epoch_start)
-        if validation is not None:
+        if validation is not None and context.is_main:
             scores.append({"epoch": epoch, **trainer.validate(validation)})
             logger.info("epoch [%d/%d] validation on %s: %s", epoch, training.epoch, validation.meta_path,
                         ", ".join(f"{k}:{v:.4f}" for k, v in scores[-1].items() if k != "epoch"))
             atomic_write_json(scores, save_path / "validation.json")
         if epoch % args.save_freq == 0 or epoch == training.epoch:
             last_saved = save_path / f"epoch_{epoch}.pth"
-            save_checkpoint(last_saved, model, epoch)
-            logger.info("saved %s", last_saved)
+            if context.is_main:
+                save_checkpoint(last_saved, model, epoch)
+                logger.info("saved %s", last_saved)
     seconds = time.time() - start
     stats = {"method": method.name, "epochs": training.epoch, "images": len(dataset), "seconds": seconds,
              "images_per_second": training.epoch * len(dataset) / seconds, "precision": args.precision,
              "feature_cache": str(trainer.cache_place or "off"), "device": str(device),
-             "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
-    atomic_write_json(stats, save_path / "train_stats.json")
+             "processes": context.world_size, "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
+    if context.is_main:
+        atomic_write_json(stats, save_path / "train_stats.json")
     logger.info("trained %d epochs in %.1f s (%.1f images/s)%s", training.epoch, seconds,
                 stats["images_per_second"], memory_note(device))
     return last_saved

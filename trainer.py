@@ -1,37 +1,66 @@
 """The optimisation loop `train.py` runs, for any method: batches, the feature cache, steps, validation.
 
 Each epoch draws a fresh shuffled split into batches; the loader and the feature cache
-follow the same split, so a cached epoch trains exactly as a recomputed one would.
+follow the same split, so a cached epoch trains exactly as a recomputed one would. Under
+torchrun every rank draws the same global batches and computes its share of each
+(`distributed.share`); DistributedDataParallel averages the gradients, each rank's loss
+weighted by its share, so N processes train the model one process would.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
+import distributed
 from feature_cache import FeatureCache, choose_cache
 from models.base import normalize_images
 from runtime import autocast, precision_dtype
 
 
+class TrainingStep(nn.Module):
+    """The trainable parts of a model as one module whose forward is the method's training losses:
+    what DistributedDataParallel wraps (the frozen CLIP stays outside it, never broadcast)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.trainable = nn.ModuleList(model.trainable_modules())
+        object.__setattr__(self, "model", model)  # not a submodule
+
+    def forward(self, features, masks, labels):
+        return self.model.training_losses(features, masks, labels)
+
+
 class EpochBatches(torch.utils.data.Sampler):
-    """A fresh shuffled split into batches each epoch, shared by the loader and the feature cache."""
+    """A fresh shuffled split into batches each epoch, shared by the loader and the feature cache.
 
-    def __init__(self, size: int, batch_size: int, generator: torch.Generator):
-        self.size, self.batch_size, self.generator = size, batch_size, generator
+    Iterating yields this rank's share of each batch; a rank whose share of a small last batch
+    is empty gets the batch's first image with weight 0, so that every rank takes part in
+    every gradient exchange."""
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator,
+                 context: distributed.Context = distributed.SINGLE):
+        self.size, self.batch_size, self.generator, self.context = size, batch_size, generator, context
         self.batches: list[list[int]] = []
+        self.shares: list[tuple[list[int], float]] = []  # (indices, weight = share of the batch)
 
-    def shuffle(self) -> list[list[int]]:
+    def shuffle(self) -> list[tuple[list[int], float]]:
         """Draw this epoch's batches; the loader and the cache then both follow them."""
         order = torch.randperm(self.size, generator=self.generator)
         # Which images share a batch is random; inside a batch they keep the dataset's order, so that
         # a batch's sums run in one fixed order (the losses then match the reference's to rounding).
         self.batches = [sorted(b.tolist()) for b in order.split(self.batch_size)]
-        return self.batches
+        self.shares = []
+        for batch in self.batches:
+            mine = distributed.share(batch, self.context)
+            self.shares.append((mine, len(mine) / len(batch)) if mine else ([batch[0]], 0.0))
+        return self.shares
 
     def __iter__(self):
-        return iter(self.batches)
+        return iter([indices for indices, _ in self.shares])
 
     def __len__(self) -> int:
         return -(-self.size // self.batch_size)
@@ -39,10 +68,21 @@ class EpochBatches(torch.utils.data.Sampler):
 
 class Trainer:
     def __init__(self, model, dataset, *, device: torch.device, precision: str, batch_size: int, workers: int,
-                 seed: int, epochs: int, cache_mode: str, optimizer, scaler, logger: logging.Logger):
+                 seed: int, epochs: int, cache_mode: str, optimizer, scaler, logger: logging.Logger,
+                 context: distributed.Context = distributed.SINGLE):
         self.model, self.dataset, self.device, self.precision = model, dataset, device, precision
         self.optimizer, self.scaler, self.logger, self.epochs = optimizer, scaler, logger, epochs
-        self.batches = EpochBatches(len(dataset), batch_size, torch.Generator().manual_seed(seed))
+        self.context = context
+        self.step_module = TrainingStep(model)
+        if context.enabled:
+            ddp = nn.parallel.DistributedDataParallel
+            # The prompt buffers never change: no need to send them every step (torch >= 2.x renamed the option).
+            no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers"
+                              in inspect.signature(ddp.__init__).parameters else {"broadcast_buffers": False})
+            self.step_module = ddp(self.step_module, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=True,  # a method may carry parameters it never uses
+                                   **no_buffer_sync)
+        self.batches = EpochBatches(len(dataset), batch_size, torch.Generator().manual_seed(seed), context)
         self.loader = torch.utils.data.DataLoader(dataset, batch_sampler=self.batches, num_workers=workers,
                                                   pin_memory=device.type == "cuda")
         self.feature_dtype = precision_dtype(precision)
@@ -60,11 +100,17 @@ class Trainer:
                 "label": raw["anomaly"].to(self.device, non_blocking=True).long(), "index": raw["index"]}
 
     def _maybe_cache(self, batch: dict) -> None:
-        """Decide where the cache lives on the first batch (its size is measured there), then fill it."""
+        """Decide where the cache lives on the first batch (its size is measured there), then fill it.
+        Under torchrun every rank keeps the whole cache; the ranks agree on the most modest place."""
         if not self._cache_decided:
             self._cache_decided = True
             needed = FeatureCache.bytes_needed(batch["features"], batch["mask"], len(self.dataset))
-            self.cache_place = choose_cache(self.cache_mode, self.device, needed, self.epochs)
+            place = choose_cache(self.cache_mode, self.device, needed, self.epochs)
+            code = torch.tensor([0 if place is None else 1 if place.type == "cpu" else 2])
+            if self.context.enabled:
+                torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MIN,
+                                             group=distributed._group_for(code))
+            self.cache_place = [None, torch.device("cpu"), self.device][int(code)]
             self.logger.info("feature cache: %s (%.2f GB)", self.cache_place or "off", needed / 1e9)
         if self.cache_place is None:
             return
@@ -77,34 +123,58 @@ class Trainer:
                                 str(error).splitlines()[0])
             self.cache = self.cache_place = None
 
-    def step(self, batch: dict) -> dict[str, float]:
-        """One optimiser step; returns every loss as a float.
+    def step(self, batch: dict, weight: float = 1.0) -> dict[str, float]:
+        """One optimiser step on this rank's share (`weight` of the global batch); returns the global
+        batch's losses as floats.
 
         `scaler` (fp16 only) scales the loss so that small fp16 gradients do not flush to zero."""
         with autocast(self.precision, self.device):
-            losses = self.model.training_losses(batch["features"], batch["mask"], batch["label"])
+            losses = self.step_module(batch["features"], batch["mask"], batch["label"])
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(losses["loss"]).backward()
+        world = self.context.world_size  # DDP averages over ranks: weight each rank's loss by its share
+        self.scaler.scale(losses["loss"] * (weight * world) if self.context.enabled else losses["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {key: value.item() for key, value in losses.items()}
+        if not self.context.enabled:
+            return {key: value.item() for key, value in losses.items()}
+        values = torch.stack([value.detach().float() * weight for value in losses.values()])
+        distributed.all_sum(values)
+        return dict(zip(losses, values.tolist()))
 
     def run_epoch(self, epoch: int) -> list[dict]:
-        epoch_batches = self.batches.shuffle()
+        shares = self.batches.shuffle()
         use_cache = self.cache is not None and bool(self.cache.filled.all())
-        steps = ((self.cache.batch(index, self.device) for index in epoch_batches) if use_cache
+        steps = ((self.cache.batch(index, self.device) for index, _ in shares) if use_cache
                  else (self.load_batch(raw) for raw in self.loader))
         records = []
         progress = tqdm(steps, total=len(self.batches), desc=f"epoch {epoch}/{self.epochs}", leave=False,
-                        unit="batch")
-        for batch in progress:
+                        unit="batch", disable=not self.context.is_main)
+        for batch, (_, weight) in zip(progress, shares):
             batch["features"] = tuple(f.to(self.feature_dtype) for f in batch["features"])
-            if not use_cache:
+            if not use_cache and weight > 0:  # a stand-in image (weight 0) is some other rank's to cache
                 self._maybe_cache(batch)
-            losses = self.step(batch)
+            losses = self.step(batch, weight)
             records.append({"epoch": epoch, **losses})
             progress.set_postfix({key: f"{value:.4f}" for key, value in losses.items()})
+        if not use_cache and self.context.enabled:
+            self._share_cache()
         return records
+
+    def _share_cache(self) -> None:
+        """After the first epoch every rank holds the features of its own images: summing the
+        zero-initialised caches over ranks gives every rank all of them (the shares are disjoint)."""
+        if not self._cache_decided:
+            return
+        ready = torch.tensor([int(self.cache is not None)])
+        torch.distributed.all_reduce(ready, op=torch.distributed.ReduceOp.MIN, group=distributed._group_for(ready))
+        if not int(ready):  # some rank could not allocate it: nobody keeps one
+            self.cache = self.cache_place = None
+            return
+        for tensor in (*self.cache.features, self.cache.masks, self.cache.labels):
+            distributed.all_sum(tensor)
+        filled = self.cache.filled.to(torch.uint8)
+        distributed.all_sum(filled)
+        self.cache.filled = filled.bool()
 
     @torch.no_grad()
     def validate(self, dataset) -> dict[str, float]:

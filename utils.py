@@ -78,9 +78,10 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
-def setup_logger(name: str, save_path: str | os.PathLike | None) -> logging.Logger:
+def setup_logger(name: str, save_path: str | os.PathLike | None, quiet: bool = False) -> logging.Logger:
     """Console plus `save_path/log.txt` (appended), one format for both, for every project logger and for
-    Python warnings (e.g. an undefined metric), so that what the console shows, the log keeps."""
+    Python warnings (e.g. an undefined metric), so that what the console shows, the log keeps.
+    `quiet` (the other ranks of a torchrun job): errors only, on the console."""
     formatter = _LineFormatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     handlers = [logging.StreamHandler(sys.stdout)]
     if save_path is not None:
@@ -95,7 +96,7 @@ def setup_logger(name: str, save_path: str | os.PathLike | None) -> logging.Logg
         for handler in handlers:
             handler.setFormatter(formatter)
             target.addHandler(handler)
-        target.setLevel(logging.INFO)
+        target.setLevel(logging.ERROR if quiet else logging.INFO)
         target.propagate = False
     return logging.getLogger(name)
 

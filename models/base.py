@@ -105,6 +105,10 @@ class AnomalyModel(nn.Module):
     def make_optimizer(self, training) -> torch.optim.Optimizer:
         raise NotImplementedError
 
+    def trainable_modules(self) -> list[nn.Module]:
+        """The modules whose parameters train (everything but the frozen CLIP)."""
+        raise NotImplementedError
+
     def configure_training(self, training) -> None:
         """Apply training-only settings (dropout rates...) before the first step."""
 

@@ -194,13 +194,15 @@ class VCPCLIP(AnomalyModel):
             branch_losses[name] = total
         return {"loss": branch_losses["loss_new"] + branch_losses["loss_base"], **branch_losses}
 
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.post_vcp, self.linear_heads, self.context_prompting, self.text_prompts]
+
     def make_optimizer(self, training) -> torch.optim.Optimizer:
         """Adam, betas (0.5, 0.999): the temperatures at their own rate, everything else trained at `learning_rate`
         (the unused `prompt_text_projection` gets no gradient, so Adam leaves it)."""
         temperatures = [self.post_vcp.prompt_temp_l1, self.context_prompting.prompt_temp]
         chosen = {id(p) for p in temperatures}
-        rest = [p for module in (self.post_vcp, self.linear_heads, self.context_prompting, self.text_prompts)
-                for p in module.parameters() if id(p) not in chosen]
+        rest = [p for module in self.trainable_modules() for p in module.parameters() if id(p) not in chosen]
         return torch.optim.Adam([{"params": rest, "lr": training.learning_rate},
                                  {"params": temperatures, "lr": training.temperature_learning_rate}],
                                 betas=(0.5, 0.999), eps=1e-8)

@@ -109,6 +109,9 @@ class ViP2CLIP(AnomalyModel):
         mask_loss = pixel_loss(maps, masks.float())
         return {"loss": image_loss + mask_loss, "image_loss": image_loss, "pixel_loss": mask_loss}
 
+    def trainable_modules(self) -> list[torch.nn.Module]:
+        return [self.prompt_learner, self.fgp]
+
     def make_optimizer(self, training) -> torch.optim.Optimizer:
         return torch.optim.Adam([{"params": list(self.prompt_learner.parameters()), "lr": training.learning_rate},
                                  {"params": list(self.fgp.parameters()), "lr": training.fgp_learning_rate}])
