@@ -21,11 +21,9 @@ DEVICE=${DEVICE:-auto}
 PRECISION=${PRECISION:-fp32}
 PRO_MODE=${PRO_MODE:-official}                 # 'official' (the papers' AUPRO) or 'exact'
 EXTRA_ARGS=${EXTRA_ARGS:-}                     # e.g. "--visualize", "--overwrite" or "--precision bf16"
-
-data_path() {  # where NAME's meta file lives, or nothing
-    if [[ -f "$DATA_ROOT/$1/meta.json" || -f "$DATA_ROOT/$1/meta_$1.json" ]]; then echo "$DATA_ROOT/$1"
-    elif [[ -f "$DATA_ROOT/meta_$1.json" ]]; then echo "$DATA_ROOT"; fi
-}
+NPROC=${NPROC:-1}                              # >1: each evaluation sharded over NPROC processes (torchrun)
+GPUS=${GPUS:-}                                 # e.g. 0,1,2,3: the evaluations side by side, one GPU each
+source ./scripts_common.sh
 
 checkpoint_of() {  # the checkpoint trained on auxiliary dataset $1
     local variable="${1^^}_CHECKPOINT"
@@ -46,8 +44,8 @@ while read -r dataset auxiliary; do
         echo "test.sh: no checkpoint trained on $auxiliary for $dataset: run train.sh, or set ${auxiliary^^}_CHECKPOINT" >&2
         exit 1
     fi
-    # shellcheck disable=SC2086  # $EXTRA_ARGS is a list of flags
-    "$PYTHON" test.py --model "$METHOD" \
+    # shellcheck disable=SC2086  # $EXTRA_ARGS and the launcher are lists of words
+    run_job "$dataset" "$RESULTS/console/$dataset.txt" $(launcher) test.py --model "$METHOD" \
         --dataset "$dataset" \
         --data_path "$data" \
         --checkpoint_path "$checkpoint" \
@@ -56,9 +54,14 @@ while read -r dataset auxiliary; do
         --pro_mode "$PRO_MODE" --device "$DEVICE" --precision "$PRECISION" $EXTRA_ARGS
     evaluated=$((evaluated + 1))
 done <<< "$protocol"
+wait_all
 
+if [[ $failures -gt 0 ]]; then
+    echo "test.sh: $failures evaluation(s) failed; the others are summarised" >&2
+fi
 if [[ $evaluated -eq 0 ]]; then
     echo "test.sh: no dataset of the $METHOD protocol was found under $DATA_ROOT; nothing was evaluated" >&2
     exit 1
 fi
 "$PYTHON" summarize.py "$RESULTS" --model "$METHOD"
+[[ $failures -eq 0 ]]

@@ -17,19 +17,21 @@ CHECKPOINTS=${CHECKPOINTS:-./checkpoints/$METHOD}   # epoch_{n}.pth land in $CHE
 DEVICE=${DEVICE:-auto}
 PRECISION=${PRECISION:-fp32}                   # fp32 reproduces the reference; bf16 is faster on a GPU
 EXTRA_ARGS=${EXTRA_ARGS:-}                     # e.g. "--overwrite" to run again into the same folders
-
-data_path() {  # where NAME's meta file lives
-    if [[ -f "$DATA_ROOT/$1/meta.json" || -f "$DATA_ROOT/$1/meta_$1.json" ]]; then echo "$DATA_ROOT/$1"
-    else echo "$DATA_ROOT"; fi
-}
+NPROC=${NPROC:-1}                              # >1: each training with DDP on NPROC processes (torchrun)
+GPUS=${GPUS:-}                                 # e.g. 0,1: the trainings side by side, one GPU each
+source ./scripts_common.sh
 
 protocol=$("$PYTHON" -m models.paper "$METHOD" train)
 while read -r auxiliary flags; do
-    # shellcheck disable=SC2086  # $flags and $EXTRA_ARGS are lists of flags
-    "$PYTHON" train.py --model "$METHOD" \
+    data=$(data_path "$auxiliary")
+    # shellcheck disable=SC2086  # $flags, $EXTRA_ARGS and the launcher are lists of words
+    run_job "training on $auxiliary" "$CHECKPOINTS/${auxiliary}_train.console.txt" $(launcher) train.py \
+        --model "$METHOD" \
         --dataset "$auxiliary" \
-        --train_data_path "$(data_path "$auxiliary")" \
+        --train_data_path "${data:-$DATA_ROOT}" \
         --save_path "$CHECKPOINTS/${auxiliary}_train" \
         --clip_weights "$CLIP_WEIGHTS" \
         --device "$DEVICE" --precision "$PRECISION" $flags $EXTRA_ARGS
 done <<< "$protocol"
+wait_all
+if [[ $failures -gt 0 ]]; then echo "train.sh: $failures training run(s) failed" >&2; exit 1; fi

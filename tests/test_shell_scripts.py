@@ -19,7 +19,7 @@ RUN = "--device cpu --num_workers 0"
 
 def run_shell(script: str, check: bool = True, **variables) -> subprocess.CompletedProcess:
     """As a user would, but with this interpreter as PYTHON (a virtual environment's python may not be on PATH)."""
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHON=sys.executable, **{k: str(v) for k, v in variables.items()})
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHON": sys.executable, **{k: str(v) for k, v in variables.items()}}
     env["PATH"] = "/usr/bin:/bin"  # no `python` on PATH: the scripts must use $PYTHON
     result = subprocess.run(["bash", str(ROOT / script)], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)
@@ -70,3 +70,23 @@ def test_test_sh_without_any_dataset_fails(tmp_path, tiny_weights):
                        RESULTS=tmp_path / "results", EXTRA_ARGS=RUN)
     assert result.returncode != 0 and "nothing was evaluated" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_and_under_torchrun(tmp_path, tiny_weights):
+    """GPUS=a,b runs the trainings side by side (one device each); NPROC=2 shards every evaluation."""
+    data = tmp_path / "data"
+    for seed, name in enumerate(("mvtec", "visa")):
+        make_synthetic_dataset(data / name, classes=(f"{name}_synth",), n_normal=2, n_anomalous=2, seed=seed)
+    checkpoints, results = tmp_path / "checkpoints", tmp_path / "results"
+    trained = run_shell("train.sh", DATA_ROOT=data, CLIP_WEIGHTS=tiny_weights, CHECKPOINTS=checkpoints, GPUS="0,1",
+                        EXTRA_ARGS=f"{TINY} --epoch 1")
+    assert "started training on mvtec on GPU 0" in trained.stdout and "started training on visa on GPU 1" in trained.stdout
+    assert (checkpoints / "visa_train.console.txt").read_text().count("trained 1 epochs") == 1
+    run_shell("test.sh", DATA_ROOT=data, CLIP_WEIGHTS=tiny_weights, RESULTS=results, CHECKPOINTS=checkpoints,
+              NPROC=2, EXTRA_ARGS=RUN, OMP_NUM_THREADS=1)
+    import json
+
+    assert json.loads((results / "visa" / "results.json").read_text())["run"]["processes"] == 2
+    refused = run_shell("test.sh", check=False, NPROC=2, GPUS="0,1", DATA_ROOT=data)
+    assert refused.returncode == 2 and "not both" in refused.stderr
