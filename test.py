@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +25,9 @@ import metrics
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
 from runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
-from utils import (DatasetError, HelpFormatter, OutputError, check_output_file, check_output_folder,
+from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder,
                    non_negative_int, positive_int)
+from utils import run_cli as run_cli_of
 
 RESULTS_FILE = "results.json"
 FIGURES = "visualization"
@@ -244,12 +244,7 @@ def smoke(args) -> dict:
 
 
 def run_cli() -> None:
-    from models import CheckpointError, ClipWeightsError
-
-    try:
-        main()
-    except (DatasetError, CheckpointError, ClipWeightsError, OutputError, ValueError) as error:
-        sys.exit(f"test.py: {error}")
+    run_cli_of(main, "test.py")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ from pathlib import Path
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
 from runtime import CACHE_MODES, DEVICE_HELP, PRECISION_HELP, PRECISIONS
-from utils import (DatasetError, HelpFormatter, OutputError, atomic_write_json, check_output_folder,
+from utils import (HelpFormatter, OutputError, atomic_write_json, check_output_folder,
                    non_negative_int, positive_int)
+from utils import run_cli as run_cli_of
 
 TRAIN_SPLIT = "test"  # both references train on the auxiliary dataset's annotated test split
 RUN_FILES = ("log.txt", "losses.json", "train_stats.json", "validation.json")
@@ -74,7 +75,9 @@ def earlier_run(save_path: Path) -> list[Path]:
     """Files of an earlier run in `save_path`, including the temporary files a killed save leaves."""
     if not save_path.is_dir():
         return []
-    return (sorted(save_path.glob("epoch_*.pth")) + sorted(save_path.glob(".epoch_*.tmp"))
+    ours = ("epoch_", *RUN_FILES)  # atomic writes leave `.NAME.XXXX.tmp` when killed mid-write
+    stray = [p for p in sorted(save_path.glob(".*.tmp")) if p.name[1:].startswith(ours)]
+    return (sorted(save_path.glob("epoch_*.pth")) + stray
             + [save_path / f for f in RUN_FILES if (save_path / f).exists()])
 
 
@@ -98,10 +101,7 @@ def main(argv=None) -> Path:
     to_remove = check_save_path(save_path, args.overwrite)
 
     # Everything below imports torch; every input is checked before anything is written.
-    import torch
-
     import distributed
-
     from dataset import AnomalyDataset
     from models.checkpoint import read_checkpoint
 
@@ -204,12 +204,7 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
 
 
 def run_cli() -> None:
-    from models import CheckpointError, ClipWeightsError
-
-    try:
-        main()
-    except (DatasetError, CheckpointError, ClipWeightsError, OutputError, ValueError) as error:
-        raise SystemExit(f"train.py: {error}")
+    run_cli_of(main, "train.py")
 
 
 if __name__ == "__main__":

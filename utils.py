@@ -196,3 +196,14 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = True
         raise OutputError(f"{flag} {path}: the file is not writable")
     check_output_folder(path.parent, flag)
     return path
+
+
+def run_cli(main, script: str):
+    """Run a script's `main`: bad input (every project error is a ValueError) ends in one line naming the
+    fix, not a traceback; Ctrl-C ends quietly (files are written atomically, so none is left half done)."""
+    try:
+        return main()
+    except ValueError as error:
+        raise SystemExit(f"{script}: {error}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(f"{script}: interrupted; every file written so far is complete (atomic writes)") from None

@@ -76,6 +76,9 @@ def check_method(checkpoint: dict, method, path, flag: str = "--checkpoint_path"
     if found == method.name:
         return
     keys = ", ".join(sorted(map(str, checkpoint))[:8])
+    if "visual.proj" in checkpoint or "state_dict" in checkpoint:
+        raise CheckpointError(f"{flag} {path} holds CLIP weights, not a trained {method.title} checkpoint: pass it as "
+                              f"--clip_weights, and train.py's epoch_N.pth (or a released file) as {flag}")
     if found is None:
         raise CheckpointError(f"{flag} {path} is not a checkpoint of any method here (top-level keys: {keys}); "
                               f"--model {method.name} expects {method.title}'s released layout")

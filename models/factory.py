@@ -51,7 +51,10 @@ def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | o
     config = resolve_config(name, checkpoint, path, checkpoint_flag, **settings)
     if clip is None:
         clip = build_clip(read_clip_state_dict(resolve_clip_weights(clip_weights)), quick_gelu=model_class.quick_gelu)
-    model = model_class(clip, config)
+    try:
+        model = model_class(clip, config)
+    except ValueError as error:
+        raise ValueError(_blame(str(error), checkpoint, settings, path)) from None
     from .checkpoint import clip_fingerprint
 
     model.clip_fingerprint = clip_fingerprint(clip)
@@ -65,3 +68,16 @@ def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | o
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def _blame(message: str, checkpoint: dict | None, settings: dict, path) -> str:
+    """A setting the user never passed but the checkpoint recorded is named as the checkpoint's."""
+    if not checkpoint or not isinstance(checkpoint.get("settings"), dict):
+        return message
+    from_checkpoint = [name for name, value in checkpoint["settings"].items()
+                       if settings.get(name) is None and f"--{name}" in message]
+    if not from_checkpoint:
+        return message
+    recorded = ", ".join(f"{name}={checkpoint['settings'][name]}" for name in from_checkpoint)
+    return (f"{message} — {recorded} comes from {path}, which recorded the settings it was trained with: use the "
+            "CLIP weights it was trained on, or pass the flag to override it")
