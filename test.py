@@ -85,6 +85,9 @@ def check_outputs(args) -> list[Path]:
     if args.save_maps:
         check_output_file(args.save_maps, "--save_maps", overwrite=args.overwrite)
     earlier = [save_path / name for name in (RESULTS_FILE, FIGURES) if (save_path / name).exists()]
+    if earlier:  # maps an earlier run saved beside its results belong to it
+        earlier += sorted(p for p in save_path.glob("*.npz") if not args.save_maps or p.resolve() != Path(
+            args.save_maps).resolve())
     if earlier and not args.overwrite:
         names = ", ".join(p.name for p in earlier)
         raise OutputError(f"--save_path {save_path} already holds an earlier run's results ({names}); choose "
@@ -129,8 +132,8 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     config = resolve_config(method.name, checkpoint, args.checkpoint_path, **settings)
     dataset = AnomalyDataset(args.data_path, config.image_size, split="test", dataset=args.dataset)
     configure_precision(args.precision)
-    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint, device=device,
-                         **settings)
+    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
+                         checkpoint_name=args.checkpoint_path, device=device, **settings)
     model.checkpoint_path = args.checkpoint_path
 
     save_path = Path(args.save_path)

@@ -137,7 +137,8 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
     configure_precision(args.precision)
     set_seed(training.seed)
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=init,
-                         checkpoint_flag="--init_checkpoint", device=device, **settings)
+                         checkpoint_flag="--init_checkpoint", checkpoint_name=args.init_checkpoint, device=device,
+                         **settings)
     model.train()
     model.configure_training(training)
     distributed.broadcast_parameters(model, context)

@@ -32,10 +32,12 @@ def resolve_config(name: str, checkpoint: dict | None = None, path=None, flag: s
 
 
 def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | os.PathLike | dict | None = None,
-                 checkpoint_flag: str = "--checkpoint_path", clip=None, device=None, **settings):
+                 checkpoint_flag: str = "--checkpoint_path", checkpoint_name=None, clip=None, device=None,
+                 **settings):
     """Build method `name`'s model on a frozen CLIP, optionally loading a checkpoint.
 
-    checkpoint: a path, or a dict already read with `models.checkpoint.read_checkpoint`.
+    checkpoint: a path, or a dict already read with `models.checkpoint.read_checkpoint` (then
+    `checkpoint_name`, its path, names it in messages).
     clip: an already built open_clip CLIP (tests reuse one); otherwise `clip_weights` is loaded.
     Returns the model in eval mode, on `device` when given.
     """
@@ -44,7 +46,7 @@ def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | o
 
     method = get_method(name)
     model_class = method.model_class()
-    path = None
+    path = Path(checkpoint_name) if checkpoint_name else None
     if checkpoint is not None and not isinstance(checkpoint, dict):
         path = Path(checkpoint)
         checkpoint = read_checkpoint(path, checkpoint_flag)
