@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import use_sdpa
+
 # How each method resizes the vision positional embedding to the input's patch grid.
 POSITIONAL_INTERPOLATIONS = {
     "bilinear": {"mode": "bilinear", "align_corners": False},  # ViP²-CLIP
@@ -24,7 +26,9 @@ class FrozenCLIP(nn.Module):
         super().__init__()
         if positional_interpolation not in POSITIONAL_INTERPOLATIONS:
             raise ValueError(f"unknown positional interpolation {positional_interpolation!r}")
-        self.clip = clip.eval().requires_grad_(False)
+        # Every attention through scaled_dot_product_attention: same values, none of the [N, heads, L, L]
+        # score tensors that nn.MultiheadAttention's inference path materialises (models/attention.py).
+        self.clip = use_sdpa(clip.eval().requires_grad_(False))
         self.positional_interpolation = positional_interpolation
         self._positional_cache: dict = {}
 

@@ -35,6 +35,21 @@ def clips():
     return original, use_sdpa(copy.deepcopy(original))
 
 
+def frozen(clip):
+    """FrozenCLIP around `clip`, keeping the attention `clip` has (FrozenCLIP itself switches to SDPA)."""
+    wanted_sdpa = all(type(attn) is SDPAMultiheadAttention for attn in attention_modules(clip))
+    wrapper = FrozenCLIP(clip)
+    if not wanted_sdpa:
+        use_multihead_attention(wrapper.clip)
+    return wrapper
+
+
+def frozen_features(wrapper, images, layers=(1, 2)):
+    """The global feature and the tapped layers' patch features, as ViP²-CLIP reads them."""
+    final, taps = wrapper.residual_streams(images, layers)
+    return wrapper.project(final[:, 0]), tuple(wrapper.project(taps[layer][:, 1:]) for layer in layers)
+
+
 def prompt_inputs(batch: int = 3, seed: int = 1):
     """Prompt embeddings and token ids whose end-of-text tokens sit at different positions."""
     generator = torch.Generator().manual_seed(seed)
@@ -78,6 +93,7 @@ def test_use_sdpa_swaps_every_attention_and_keeps_the_state_dict():
 
 def test_use_sdpa_finds_the_towers_through_frozen_clip_and_the_visual_tower_alone():
     assert len(attention_modules(FrozenCLIP(tiny_clip()))) == 4
+    assert all(type(attn) is SDPAMultiheadAttention for attn in attention_modules(FrozenCLIP(tiny_clip())))
     visual = tiny_clip().visual
     use_sdpa(visual)
     assert all(type(block.attn) is SDPAMultiheadAttention for block in visual.transformer.resblocks)
@@ -106,8 +122,8 @@ def test_image_tower_matches_block_by_block(clips):
 def test_resized_positional_embedding(clips, image_size):
     """More tokens than CLIP was built for (65 and 101 instead of 37), as FrozenCLIP feeds them."""
     images = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(image_size))
-    want = FrozenCLIP(clips[0]).encode_image(images, layers=(1, 2))
-    got = FrozenCLIP(clips[1]).encode_image(images, layers=(1, 2))
+    want = frozen_features(frozen(clips[0]), images)
+    got = frozen_features(frozen(clips[1]), images)
     for got_tensor, want_tensor in zip((got[0], *got[1]), (want[0], *want[1])):
         torch.testing.assert_close(got_tensor, want_tensor, **FP32_TOLERANCE)
 
@@ -116,8 +132,8 @@ def test_resized_positional_embedding(clips, image_size):
 def test_text_tower_with_causal_and_sliced_masks(clips, length):
     """FrozenCLIP cuts the prompts (and the mask, to [L, L]) after the last end-of-text token."""
     embeddings, token_ids = prompt_inputs()
-    want = FrozenCLIP(clips[0]).encode_prompts(embeddings, token_ids, length=length)
-    got = FrozenCLIP(clips[1]).encode_prompts(embeddings, token_ids, length=length)
+    want = frozen(clips[0]).encode_prompts(embeddings, token_ids, length=length)
+    got = frozen(clips[1]).encode_prompts(embeddings, token_ids, length=length)
     torch.testing.assert_close(got, want, **FP32_TOLERANCE)
     with torch.no_grad():
         token_ids = torch.randint(0, 49407, (2, 77), generator=torch.Generator().manual_seed(2))
@@ -168,9 +184,9 @@ def test_autocast(clips, dtype):
     images = torch.randn(2, 3, 84, 84, generator=torch.Generator().manual_seed(6))
     results = []
     for model in clips:
-        frozen = FrozenCLIP(model)
+        wrapper = frozen(model)
         with torch.autocast("cpu", dtype=dtype), torch.inference_mode():
-            results.append((frozen.encode_prompts(embeddings, token_ids), *frozen.encode_image(images, layers=(2,))))
+            results.append((wrapper.encode_prompts(embeddings, token_ids), *frozen_features(wrapper, images, (2,))))
     for got, want in zip(flatten(results[1]), flatten(results[0])):
         torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=2e-2)
 

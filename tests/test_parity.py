@@ -12,7 +12,9 @@ from scipy.ndimage import gaussian_filter
 MAP_TOLERANCE = 1e-5  # issue 2: init maps and scores
 TRAINED_TOLERANCE = 1e-4  # issue 2: maps and scores after 5 training steps
 LOSS_TOLERANCE = 1e-5
-METRIC_TOLERANCE = 1e-6
+METRIC_TOLERANCE = 1e-6  # metrics of our maps (within 4e-7 of the reference's) against the reference's values
+TRAINED_METRIC_TOLERANCE = 1e-5  # after training a few pixels change rank at AUPRO's thresholds; on the
+# reference's own maps every metric agrees within 1e-6 (tests/test_metrics.py)
 METRIC_NAMES = {"image-auroc": "image_auroc", "image-ap": "image_ap", "image-f1": "image_f1",
                 "pixel-auroc": "pixel_auroc", "pixel-aupro": "pixel_aupro", "pixel-f1": "pixel_f1"}
 
@@ -52,7 +54,7 @@ def test_training_steps_reproduce_reference_losses(tiny_clip, fixture_batch, exp
         assert losses["pixel_loss"].item() == pytest.approx(step["pixel_loss"], abs=LOSS_TOLERANCE)
 
 
-def _check_cli_outputs(folder, stage, expected, tolerance):
+def _check_cli_outputs(folder, stage, expected, tolerance, metric_tolerance=METRIC_TOLERANCE):
     saved = np.load(folder / "maps.npz")
     order = expected["json"][stage]["image_paths"]
     assert list(saved["img_paths"]) == order
@@ -62,7 +64,7 @@ def _check_cli_outputs(folder, stage, expected, tolerance):
     results = json.loads((folder / "results.json").read_text())["metrics"]
     for cls_name, reference in expected["json"][stage]["metrics"].items():
         for reference_name, value in reference.items():
-            assert results[cls_name][METRIC_NAMES[reference_name]] == pytest.approx(value, abs=METRIC_TOLERANCE), \
+            assert results[cls_name][METRIC_NAMES[reference_name]] == pytest.approx(value, abs=metric_tolerance), \
                 (cls_name, reference_name)
 
 
@@ -95,7 +97,7 @@ def test_train_then_test_cli_reproduces_trained_outputs(clip_pt, tmp_path, expec
     run_script("test.py", "--data_path", FIXTURE / "data", "--checkpoint_path", checkpoints / "epoch_5.pth",
                "--clip_weights", clip_pt, "--save_path", results, "--save_maps", results / "maps.npz",
                "--num_workers", "0", "--device", "cpu")
-    _check_cli_outputs(results, "trained", expected, TRAINED_TOLERANCE)
+    _check_cli_outputs(results, "trained", expected, TRAINED_TOLERANCE, TRAINED_METRIC_TOLERANCE)
 
 
 @pytest.mark.slow
