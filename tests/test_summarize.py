@@ -99,7 +99,7 @@ def test_unknown_datasets_exact_pro_and_bad_files(tmp_path, capsys):
     assert "broken" in capsys.readouterr().err
 
 
-def test_labels_match_the_registry():
+def test_labels_find_their_paper_rows_and_rows_fit_their_tables():
     assert summarize.paper_key("mvtec") == summarize.paper_key("MVTec AD") == "mvtec"
     assert summarize.paper_key("DTD-Synthetic") == "dtd" and summarize.paper_key("CVC-ClinicDB") == "clinicdb"
     assert summarize.paper_key("synthetic") is None
