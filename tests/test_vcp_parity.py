@@ -136,3 +136,23 @@ def test_trained_reference_checkpoint_through_the_cli(vcp_clip_pt, tmp_path, vcp
     run_script("test.py", *_test_command(config, vcp_clip_pt, VCP_FIXTURE / "trained.pth", tmp_path / "out",
                                          tmp_path / "m.npz"))
     _check_maps(tmp_path / "m.npz", "trained", vcp_expected, TRAINED_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_optional_validation_reproduces_the_reference_log(vcp_clip_pt, tmp_path, vcp_expected, config):
+    """--val_data_path: per epoch and branch, the pixel AP the reference logs (within 5e-5: an AP moves
+    when a few of the 127k pixels swap ranks)."""
+    ckpt = tmp_path / "ckpt"
+    run_script("train.py", "--model", "vcp", "--train_data_path", VCP_FIXTURE / "data", "--dataset", config["dataset"],
+               "--clip_weights", vcp_clip_pt, "--init_checkpoint", VCP_FIXTURE / "init.pth", *vcp_settings(config),
+               "--epoch", config["epochs"], "--batch_size", config["batch_size"], "--learning_rate",
+               config["learning_rate"], "--dtp_dropout", "0", "--aug_rate", "-1", "--no_albumentations", "--seed",
+               config["run_seed"], "--save_freq", config["epochs"], "--save_path", ckpt, "--device", "cpu",
+               "--val_data_path", VCP_FIXTURE / "data", "--val_dataset", config["dataset"])
+    logged = json.loads((ckpt / "validation.json").read_text())
+    assert len(logged) == len(vcp_expected["json"]["train_validation"])
+    for ours, reference in zip(logged, vcp_expected["json"]["train_validation"]):
+        assert ours["epoch"] == reference["epoch"]
+        for key in ("ap_base", "ap_new"):
+            assert ours[key] == pytest.approx(reference[key], abs=5e-5), (reference["epoch"], key)
+    assert "validation on" in (ckpt / "log.txt").read_text()
