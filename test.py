@@ -24,7 +24,7 @@ from pathlib import Path
 import metrics
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from runtime import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder,
                    non_negative_int, positive_int)
 from utils import run_cli as run_cli_of
@@ -64,8 +64,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help=DEVICE_HELP)
     run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
-    run.add_argument("--batch_size", type=positive_int, default=None,
-                     help="images per forward pass (default 32 on GPU, 8 on CPU)")
+    run.add_argument("--batch_size", type=positive_int, default=None, help=BATCH_SIZE_HELP)
     run.add_argument("--num_workers", type=non_negative_int, default=None,
                      help="data-loading processes (default: the CPUs available, at most 16; 0 on a CPU-only run, "
                           "where decoding would compete with the model for the cores)")
@@ -123,7 +122,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     from inference import loader_chunk, predict_dataset, save_maps, warm_up
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
-    from runtime import (configure_precision, default_workers, memory_note, peak_gpu_memory_gb,
+    from runtime import (configure_precision, default_batch_size, default_workers, memory_note, peak_gpu_memory_gb,
                          reset_peak_gpu_memory, shared_memory_warning)
     from utils import atomic_write_json, nan_to_none, setup_logger
 
@@ -148,7 +147,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
                 args.precision)
     logger.info("settings: %s", json.dumps(model.recorded_config()))
 
-    batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
+    batch_size = args.batch_size or default_batch_size(device)
     workers = args.num_workers
     if workers is None:
         workers = default_workers() if device.type == "cuda" else 0

@@ -3,14 +3,14 @@
 Why: on a CPU, nn.MultiheadAttention's fused inference path materialises every layer's
 [batch, heads, L, L] scores (about 1 GB per layer for 8 ViT-L/14 images at 518 px), so a
 batch of 8 ran slower per image than one image at a time. This script times the
-repository's own image encoding (FrozenCLIP.encode_image: positional embedding resized
+repository's own image encoding (FrozenCLIP.residual_streams: positional embedding resized
 to the input's grid, layers tapped) on a randomly initialised open_clip vision tower:
 
     python benchmarks/attention_bench.py --arch ViT-L-14-336 --image_size 518 --batch_sizes 1 8 --threads 16
     python benchmarks/attention_bench.py --arch ViT-B-16 --image_size 224 --images 2 --repeats 1   # plumbing check
 
 Paths: `original` (nn.MultiheadAttention untouched: its fused fast path under inference
-mode), `sdpa` (use_sdpa), `no_fastpath` (torch.backends.mha.set_fastpath_enabled(False):
+mode), `sdpa` (FrozenCLIP's default, models/attention.py), `no_fastpath` (torch.backends.mha.set_fastpath_enabled(False):
 nn.MultiheadAttention's Python path, which calls SDPA itself when no weights are asked for).
 
 Every (path, batch size) runs in its own process, so that its peak RSS is its own; the
@@ -117,12 +117,12 @@ def run_worker(args) -> dict:
     batch_size = int(batch_size)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from models.attention import use_sdpa
+    from models.attention import use_multihead_attention
 
-    frozen = build_frozen_vision_tower(args.arch)
-    if path == "sdpa":
-        use_sdpa(frozen)
-    elif path == "no_fastpath":
+    frozen = build_frozen_vision_tower(args.arch)  # FrozenCLIP runs SDPA itself
+    if path != "sdpa":
+        use_multihead_attention(frozen.clip)
+    if path == "no_fastpath":
         torch.backends.mha.set_fastpath_enabled(False)
     depth = frozen.num_vision_layers
     layers = tuple(args.layers or sorted({max(1, depth * k // 4) for k in (1, 2, 3, 4)}))
@@ -132,10 +132,10 @@ def run_worker(args) -> dict:
     with torch.inference_mode():
         rss_before = current_rss_mb()
         peak_reset = reset_peak_rss()
-        frozen.encode_image(batches[0], layers)  # warm-up: allocator, thread pool, positional-embedding cache
+        frozen.residual_streams(batches[0], layers)  # warm-up: allocator, thread pool, positional-embedding cache
         usage_start, clock_start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         for batch in batches:
-            frozen.encode_image(batch, layers)
+            frozen.residual_streams(batch, layers)
         seconds = time.perf_counter() - clock_start
         usage_end = resource.getrusage(resource.RUSAGE_SELF)
         visual = frozen.clip.visual
