@@ -247,3 +247,15 @@ def test_predict_on_an_exported_file_needs_no_pytorch(flag, exported, images, tm
     assert result.returncode == 0, result.stderr
     rows = read_rows(tmp_path / "out")
     assert len(rows) == 4 and sorted(float(r["image_score"]) for r in rows)[-1] == 1
+
+
+@pytest.mark.slow
+def test_onnx_speed_benchmark_runs(tmp_path):
+    from conftest import run_script
+
+    output = tmp_path / "speed.json"
+    result = run_script("benchmarks/onnx_speed.py", "--arch", "tiny", "--methods", "vip2", "--images", "2",
+                        "--batch_size", "2", "--threads", "2", "--output", output)
+    assert "ONNX Runtime img/s" in result.stdout
+    row = json.loads(output.read_text())["rows"][0]
+    assert row["method"] == "vip2" and row["onnx_images_per_second"] > 0 and row["max_difference"] <= TOLERANCE
