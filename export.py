@@ -168,12 +168,28 @@ def sample_images(batch: int, size: int, seed: int = 0):
     return np.ascontiguousarray(np.stack(images))
 
 
+def forget_cached_tensors(model) -> None:
+    """Empty the models' caches of constant tensors (the `functools.lru_cache`s of `models.*`, and dicts named
+    `*_cache` on the model's modules): filled under `torch.inference_mode` they hold inference tensors, which
+    torch.export cannot take as constants. The warm-up in `trace` fills them again."""
+    for name, module in list(sys.modules.items()):
+        if name == "models" or name.startswith("models."):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
+    for submodule in model.modules():
+        for key, value in vars(submodule).items():
+            if key.endswith("_cache") and isinstance(value, dict):
+                value.clear()
+
+
 def trace(model):
     """`torch.export` with a symbolic batch: an error here, not a file fixed to one batch size, when some code
-    pins it. Runs the model once first, so the cached constants (CLIP statistics, blur matrices, the resized
-    positional embedding) are real tensors and not the tracer's placeholders."""
+    pins it. Runs the model once first (with fresh caches), so the cached constants (CLIP statistics, blur
+    matrices, the resized positional embedding) are plain tensors and not the tracer's placeholders."""
     import torch
 
+    forget_cached_tensors(model)
     sample = torch.from_numpy(sample_images(EXPORT_BATCH, model.image_size))
     with torch.no_grad():
         model(sample)

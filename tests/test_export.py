@@ -1,9 +1,11 @@
 """export.py and predict.py --onnx / --openvino on the reference fixtures: the exported graph computes what PyTorch does."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -33,12 +35,41 @@ def model_args(method: str) -> list[str]:
             str(folder / "clip_tiny.npz"), *FIXTURE_SETTINGS]
 
 
+@contextlib.contextmanager
+def project_logging_kept():
+    """export.main and predict.main set up the scripts' logging (the `zsas` logger stops propagating): later test
+    files that read log records through caplog must find it as they would alone."""
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("zsas", "py.warnings")]
+    saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    show, format_warning = warnings.showwarning, warnings.formatwarning
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        warnings.showwarning, warnings.formatwarning = show, format_warning
+        for lg, (handlers, propagate, level) in zip(loggers, saved):
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers[:], lg.propagate = handlers, propagate
+            lg.setLevel(level)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def project_logging_restored():
+    with project_logging_kept():
+        yield
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory) -> dict:
     """Each fixture model exported once to ONNX (fp32), with export.py's report."""
     folder = tmp_path_factory.mktemp("exported")
-    return {method: export.main([*model_args(method), "--output", str(folder / f"{method}.onnx")])
-            for method in FOLDERS}
+    with project_logging_kept():
+        return {method: export.main([*model_args(method), "--output", str(folder / f"{method}.onnx")])
+                for method in FOLDERS}
 
 
 @pytest.fixture(scope="module")
