@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -109,6 +110,8 @@ def staged_files(path: Path, fmt: str):
         for target in (companion, main_file):
             staged = stage / target.name
             if staged.exists():
+                with open(staged, "rb+") as file:  # on disk before it gets its name, as utils.atomic_file does
+                    os.fsync(file.fileno())
                 staged.replace(target)
             elif target == companion and target.exists():
                 target.unlink()  # an earlier export's data file that this one does not need (--overwrite)
