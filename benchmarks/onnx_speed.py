@@ -15,7 +15,6 @@ what the exported graph holds), after one warm-up batch, decoding excluded.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile

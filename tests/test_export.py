@@ -1,4 +1,4 @@
-"""export.py and predict.py --onnx / --openvino on the reference fixtures: the exported graph computes what PyTorch does."""
+"""export.py and predict.py --onnx / --openvino on the reference fixtures: exported graphs compute what PyTorch does."""
 from __future__ import annotations
 
 import contextlib
