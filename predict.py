@@ -3,6 +3,7 @@
     python predict.py photos/ "more/*.jpg" one.png --checkpoint_path checkpoints/mvtec_train/epoch_10.pth \
         --clip_weights ViT-L-14-336px.pt --out predictions/
     python predict.py photos/ --model vcp --checkpoint_path train_visa.pth --out predictions/
+    python predict.py photos/ --onnx vip2.onnx --out predictions/         # a file export.py wrote
 
 Zero-shot: no class name and no mask are needed. PATH may be an image file, a folder
 (searched recursively for image files, extensions case-insensitive) or a glob (quote
@@ -19,6 +20,11 @@ class): here the set is every image of the run, and scores.csv also gives the sc
 before that step (`raw_score`). Files that cannot be read are reported (one line each)
 and skipped; the exit status is non-zero only when no image at all could be processed.
 An --out folder holding an earlier run's scores.csv is refused (`--overwrite`).
+
+With --onnx FILE (ONNX Runtime) or --openvino FILE.xml (OpenVINO) instead of
+--checkpoint_path, the exported model runs with no PyTorch and no CLIP weights: the
+method, image size and set normalisation are read from the file (export.py records
+them), so the model flags are not taken.
 """
 from __future__ import annotations
 
@@ -34,11 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from utils import DatasetError
-from models import get_method
-from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
 from runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
-from utils import OutputError, atomic_write_bytes, check_output_folder, non_negative_int, positive_int
+from utils import DatasetError, OutputError, atomic_write_bytes, check_output_folder, non_negative_int, positive_int
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SCORES_FILE = "scores.csv"
@@ -47,12 +50,10 @@ GLOB_CHARACTERS = frozenset("*?[")
 MAX_DEFAULT_WORKERS = 4  # decoding keeps up with the model well before that
 # Per-file failures that mean "this file is not a readable image"; anything else is a bug and propagates.
 UNREADABLE = (DatasetError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+EXPORTED_FLAGS = ("--onnx", "--openvino")
 
 
-def build_parser(method_name: str) -> argparse.ArgumentParser:
-    method = get_method(method_name)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_method_flag(parser, method_name)
+def _add_io_flags(parser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or globs")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for overlays, maps, scores.csv, log.txt")
     parser.add_argument("--save_raw", action="store_true", help="also write each map as NAME.npy (float32 [S, S])")
@@ -60,10 +61,30 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                         help="overlay colours: fixed [0, 1] (comparable across images), or each map's own min-max")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an earlier run's scores.csv and overlays in --out (refused otherwise)")
+
+
+def _add_exported_flags(group) -> None:
+    exported = group.add_mutually_exclusive_group()
+    exported.add_argument("--onnx", metavar="FILE.onnx",
+                          help="run this export.py file with ONNX Runtime instead of a checkpoint (no PyTorch needed)")
+    exported.add_argument("--openvino", metavar="FILE.xml",
+                          help="run this export.py OpenVINO model (its .bin beside it) instead of a checkpoint")
+
+
+def build_parser(method_name: str) -> argparse.ArgumentParser:
+    from models import get_method
+    from models.settings import add_method_flag, add_setting_flags
+
+    method = get_method(method_name)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_method_flag(parser, method_name)
+    _add_io_flags(parser)
     model = parser.add_argument_group(f"model ({method.title}; settings a train.py checkpoint records are read "
                                       "from it)")
-    model.add_argument("--checkpoint_path", required=True,
-                       help="train.py's epoch_{n}.pth or one of the authors' released files")
+    model.add_argument("--checkpoint_path",
+                       help="train.py's epoch_{n}.pth or one of the authors' released files (required unless "
+                            "--onnx or --openvino is given)")
+    _add_exported_flags(model)
     model.add_argument("--clip_weights", default="openai",
                        help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
     add_setting_flags(model, method.config, "test")
@@ -77,8 +98,41 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def build_exported_parser() -> argparse.ArgumentParser:
+    """The flags of a run on an exported file: no model flags (the file fixes the method and its settings)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_io_flags(parser)
+    model = parser.add_argument_group("exported model (method and settings are read from the file)")
+    _add_exported_flags(model)
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto",
+                     help="ONNX Runtime: 'cpu' (auto) or 'cuda' (onnxruntime-gpu); OpenVINO: 'cpu' (auto) or a device "
+                          "name such as GPU")
+    run.add_argument("--batch_size", type=positive_int, default=8, help="images per run of the model")
+    return parser
+
+
+def _exported_run(argv) -> bool:
+    return any(a.split("=", 1)[0] in EXPORTED_FLAGS for a in (sys.argv[1:] if argv is None else argv))
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser(method_from_argv(argv)).parse_args(argv)
+    if _exported_run(argv):  # no `models` import: the file may be run where only its runtime is installed
+        parser = build_exported_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            parser.error(f"{' '.join(unknown)}: not taken with --onnx / --openvino, which run the method and settings "
+                         "the file was exported with (export.py again to change them)")
+        args.exported = args.onnx or args.openvino
+        return args
+    from models.settings import method_from_argv
+
+    parser = build_parser(method_from_argv(argv))
+    args = parser.parse_args(argv)
+    if not args.checkpoint_path:
+        parser.error("--checkpoint_path is required (or run an exported model with --onnx / --openvino)")
+    args.exported = None
+    return args
 
 
 # ---------------------------------------------------------------- inputs
@@ -180,10 +234,10 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from dataset import read_image
+        from image_io import read_image_array  # dataset.read_image's pixels, without torch
 
         try:
-            image, _ = read_image(self.paths[index], self.size)
+            image, _ = read_image_array(self.paths[index], self.size)
             return index, image, None
         except UNREADABLE as error:
             cause = error.__cause__ or error
@@ -191,14 +245,23 @@ class ImageFiles:
 
 
 def collate(items):
-    """Readable images stacked into one batch; unreadable ones passed on as (index, reason)."""
-    import torch
-
+    """Readable images stacked into one uint8 NumPy batch; unreadable ones passed on as (index, reason)."""
     good = [(index, image) for index, image, _ in items if image is not None]
     failed = [(index, reason) for index, _, reason in items if reason is not None]
     indices = [index for index, _ in good]
-    images = torch.stack([image for _, image in good]) if good else None
+    images = np.stack([image for _, image in good]) if good else None
     return indices, images, failed
+
+
+def image_batches(files: ImageFiles, batch_size: int, workers: int):
+    """Batches in order; loader processes (torch's DataLoader) only when asked for, beside a GPU."""
+    if workers:
+        import torch
+
+        return torch.utils.data.DataLoader(files, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                           collate_fn=collate)
+    return (collate([files[i] for i in range(start, min(start + batch_size, len(files)))])
+            for start in range(0, len(files), batch_size))
 
 
 # ---------------------------------------------------------------- run
@@ -216,7 +279,7 @@ def save_outputs(image, anomaly_map, score: float, raw_score: float, item: Input
     """Overlay (and map) of one image; returns its scores.csv row."""
     import visualization
 
-    anomaly_map = anomaly_map.float().cpu().numpy()
+    anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     limits = visualization.value_range(anomaly_map, "fixed" if args.color_scale == "fixed" else "data")
     overlay = f"{item.name}.png"
     png = visualization.render_overlay(visualization.to_display(image), anomaly_map, limits=limits,
@@ -240,25 +303,31 @@ def check_out(out_dir: Path, overwrite: bool) -> None:
                           "pass --overwrite to replace its files")
 
 
+def make_runner(args):
+    """The model to run: an exported file (settings from its metadata) or a checkpoint on its CLIP."""
+    import runners
+
+    if args.exported:
+        return runners.open_exported(args.exported, "onnx" if args.onnx else "openvino", device=args.device)
+    from models import get_method
+    from models.settings import values_from_args
+
+    method = get_method(args.model)
+    return runners.load_torch_runner(method.name, checkpoint=args.checkpoint_path, clip_weights=args.clip_weights,
+                                     device=args.device, precision=args.precision,
+                                     **values_from_args(args, method.config))
+
+
 def main(argv=None) -> int:
     """Returns the number of images processed (test-friendly); `run_cli` turns it into the exit status."""
-    args = parse_args(argv)
-    import torch
-
-    with torch.inference_mode():
-        return _main(args)
-
-
-def _main(args) -> int:
-    import torch
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from models import create_model
-    from runtime import autocast, configure_precision, default_workers, resolve_device
+    from runners import normalize_over_set
+    from runtime import default_workers
     from utils import setup_logger
 
-    method = get_method(args.model)
+    args = parse_args(argv)
     out_dir = Path(args.out)
     check_out(out_dir, args.overwrite)
     paths, unmatched = find_images(args.paths, out_dir)
@@ -266,42 +335,38 @@ def _main(args) -> int:
         raise OutputError(f"nothing to do: no image files in {' '.join(args.paths)}")
     items = [InputImage(path, name) for path, name in zip(paths, output_names(paths))]
     check_no_overwrite(items, out_dir)
-    device = resolve_device(args.device)
-    configure_precision(args.precision)
-    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=args.checkpoint_path,
-                         device=device, **values_from_args(args, method.config))
+    runner = make_runner(args)
+    info = runner.info
     logger = setup_logger("zsas.predict", out_dir)
     for argument in unmatched:
         logger.warning("no image found for %s (not a file, a folder with images, or a matching glob)", argument)
-    size = model.image_size
-    batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
-    workers = args.num_workers
+    size = info.image_size
+    on_gpu = getattr(getattr(runner, "device", None), "type", None) == "cuda"
+    batch_size = args.batch_size or (32 if on_gpu else 8)
+    workers = getattr(args, "num_workers", 0)
     if workers is None:  # on a CPU the model needs every core; decoding in parallel pays off only beside a GPU
-        workers = min(MAX_DEFAULT_WORKERS, default_workers()) if device.type == "cuda" else 0
+        workers = min(MAX_DEFAULT_WORKERS, default_workers()) if on_gpu else 0
     if len(paths) <= batch_size:  # one batch: starting loader processes would cost more than it saves
         workers = 0
-    loader = torch.utils.data.DataLoader(ImageFiles(paths, size), batch_size=batch_size, shuffle=False,
-                                         num_workers=workers, collate_fn=collate)
-    logger.info("predicting %d image(s) with %s at %dx%d on %s, precision %s; outputs in %s", len(paths),
-                method.title, size, size, device, args.precision, out_dir)
+    batches = image_batches(ImageFiles(paths, size), batch_size, workers)
+    logger.info("predicting %d image(s) with %s at %dx%d (%s); outputs in %s", len(paths), info.title, size, size,
+                runner.description, out_dir)
     # A method that normalises over the evaluated set (VCP-CLIP) needs every map before drawing any.
-    over_set = model.set_normalization
+    over_set = info.set_normalization
     if over_set and len(paths) < 2:
         logger.warning("%s normalises maps and scores over the images of a run; with one image its normalised "
                        "score is undefined (NaN): see raw_score, and --color_scale image for the overlay",
-                       method.title)
+                       info.title)
 
     rows, skipped, held = [], 0, []
     with logging_redirect_tqdm(loggers=[logger]):
         progress = tqdm(total=len(paths), desc="predict", unit="image")
-        for indices, images, failed in loader:
+        for indices, images, failed in batches:
             for index, reason in failed:
                 logger.warning("skipped %s: cannot read it as an image (%s)", paths[index], reason)
             skipped += len(failed)
             if images is not None:
-                with autocast(args.precision, device):
-                    maps, scores = model(images.to(device))
-                maps, scores = maps.cpu(), scores.cpu()
+                maps, scores = runner(images)
                 if over_set:
                     held.append((indices, images, maps, scores))
                 else:
@@ -311,15 +376,13 @@ def _main(args) -> int:
             progress.update(len(indices) + len(failed))
         progress.close()
     if held:
-        outputs = {"anomaly_maps": torch.cat([h[2] for h in held]), "image_scores": torch.cat([h[3] for h in held])}
-        outputs = model.finalize(outputs, ["all"] * len(outputs["image_scores"]))
+        raw_scores = np.concatenate([h[3] for h in held])
+        maps, scores = normalize_over_set(np.concatenate([h[2] for h in held]), raw_scores)
         position = 0
         for indices, images, _, _ in held:
             for row, index in enumerate(indices):
-                rows.append(save_outputs(images[row], outputs["anomaly_maps"][position],
-                                         float(outputs["image_scores"][position]),
-                                         float(outputs["image_scores_unnormalized"][position]), items[index],
-                                         out_dir, args))
+                rows.append(save_outputs(images[row], maps[position], float(scores[position]),
+                                         float(raw_scores[position]), items[index], out_dir, args))
                 position += 1
 
     if rows:
@@ -330,12 +393,19 @@ def _main(args) -> int:
     return len(rows)
 
 
-def run_cli() -> None:
-    from models import CheckpointError, ClipWeightsError
+def _user_errors() -> tuple[type, ...]:
+    """Errors that are the user's to fix (one line, no traceback); models' are known only if it was imported."""
+    errors = (OutputError, ValueError)  # CheckpointError and runners.ExportedModelError are ValueErrors
+    model_errors = sys.modules.get("models.errors")
+    return errors + ((model_errors.ClipWeightsError,) if model_errors else ())
 
+
+def run_cli() -> None:
     try:
         processed = main()
-    except (CheckpointError, ClipWeightsError, OutputError, ValueError) as error:
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
         sys.exit(f"predict.py: {error}")
     sys.exit(0 if processed else 1)
 

@@ -23,16 +23,15 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from dataset import read_image
 from utils import atomic_write_bytes
 
 COLORMAP = "jet"  # the convention of the anomaly-detection literature (and of the reference's figures)
@@ -54,20 +53,28 @@ PNG_COMPRESSION = 3  # zlib level: 3x faster than PIL's default 6 for ~15 % larg
 
 # ---------------------------------------------------------------- array helpers
 
+def _is_tensor(value) -> bool:
+    """Without importing torch: `predict.py --onnx` draws overlays on a machine that may have none."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def to_numpy(value) -> np.ndarray:
     """Tensors on any device (or arrays) as numpy, for plotting."""
-    if isinstance(value, torch.Tensor):
+    if _is_tensor(value):
         return value.detach().float().cpu().numpy() if value.is_floating_point() else value.detach().cpu().numpy()
     return np.asarray(value)
 
 
-def to_display(image: torch.Tensor) -> np.ndarray:
-    """The model's uint8 `[3, S, S]` input as an `[S, S, 3]` image."""
-    return image.detach().cpu().permute(1, 2, 0).numpy()
+def to_display(image) -> np.ndarray:
+    """The model's uint8 `[3, S, S]` input (tensor or array) as an `[S, S, 3]` image."""
+    return np.ascontiguousarray(to_numpy(image).transpose(1, 2, 0))
 
 
 def display_image(path: Path, size: int) -> np.ndarray:
     """The image as the model saw it (the dataset's own preprocessing), as `[S, S, 3]` uint8."""
+    from dataset import read_image
+
     image, _ = read_image(Path(path), size)
     return to_display(image)
 

@@ -67,7 +67,8 @@ class ViP2CLIP(AnomalyModel):
         """The per-image normal/abnormal text embeddings `G [N, 2, E]`."""
         prompts, token_ids = self.prompt_learner(global_feature)
         encoded = self.backbone.encode_prompts(prompts, token_ids, self.prompt_learner.sequence_length)
-        return torch.stack(encoded.chunk(2, dim=0), dim=1)
+        n = global_feature.shape[0]  # a reshape, not chunk(2): chunk would pin an exported graph's batch size
+        return encoded.reshape(2, n, -1).transpose(0, 1)
 
     def align(self, features: tuple[torch.Tensor, ...]) -> Alignment:
         global_feature, *patch_features = features

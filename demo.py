@@ -1,0 +1,367 @@
+"""A local web page to try a model on your images: the heat-map overlay, the image score, a thresholded defect mask.
+
+    python demo.py --demo_fixture                   # the test fixture's tiny model: starts with no downloads
+    python demo.py --checkpoint_path checkpoints/mvtec_train/epoch_10.pth --clip_weights ViT-L-14-336px.pt
+    python demo.py --model vcp --checkpoint_path train_visa.pth --clip_weights ViT-L-14-336px.pt
+    python demo.py --onnx vip2.onnx                 # an export.py file: no PyTorch needed
+
+Then open http://127.0.0.1:7860. Upload images (or give a folder on the server), move the
+threshold slider to see which pixels count as defective, and download a zip of the
+overlays, the masks and scores.csv. The model can be changed on the page (method,
+checkpoint, CLIP weights, settings, or an exported file). VCP-CLIP normalises maps and
+scores over the images analysed together (its reference does it per class), so its
+scores need at least two images; the raw score is shown beside them.
+
+The page listens on localhost only unless --host says otherwise; --share (a public
+Gradio link) is off by default. The functions above `build_app` hold all the model
+logic and take and return plain arrays: tests call them without a browser.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shlex
+import sys
+import threading
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent
+FIXTURES = {"vip2": ROOT / "tests" / "fixtures" / "vip2_tiny", "vcp": ROOT / "tests" / "fixtures" / "vcp_tiny"}
+FIXTURE_SETTINGS = "--image_size 126 --features_list 1 2 3 4"
+DEFAULT_THRESHOLD = 0.5
+MASK_COLOUR = np.array([255, 0, 0], dtype=np.float32)
+SCORE_COLUMNS = ("name", "image_score", "raw_score", "max_pixel_score", "defect_area_percent")
+
+
+class DemoError(ValueError):
+    """What the page shows as an error message (a file that cannot be used, a missing model...)."""
+
+
+# ---------------------------------------------------------------- model logic (no UI)
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to run: an exported file, or a method's checkpoint on CLIP weights with setting flags."""
+
+    method: str = "vip2"
+    checkpoint: str = ""
+    clip_weights: str = "openai"
+    settings: str = ""  # the method's model flags, as on predict.py's command line
+    exported: str = ""  # an export.py .onnx or OpenVINO .xml file, used instead of the above
+    device: str = "auto"
+
+
+@dataclass
+class Result:
+    name: str
+    image: np.ndarray  # [S, S, 3] uint8, the resized input
+    anomaly_map: np.ndarray  # [S, S] float32, after the set normalisation where the method has one
+    score: float
+    raw_score: float  # before the set normalisation (equal to score for other methods)
+    overlay_png: bytes = field(repr=False, default=b"")
+
+
+_runners: dict = {}
+_runner_lock = threading.Lock()
+
+
+def settings_from_text(method: str, text: str) -> dict:
+    """`--image_size 126 --features_list 1 2 3 4` -> the method's settings, parsed by its own flags."""
+    from models import get_method
+    from models.settings import add_setting_flags, values_from_args
+
+    config = get_method(method).config
+    parser = argparse.ArgumentParser(prog="settings", add_help=False, exit_on_error=False)
+    add_setting_flags(parser, config, "test")
+    try:
+        args, unknown = parser.parse_known_args(shlex.split(text))
+    except (argparse.ArgumentError, ValueError) as error:
+        raise DemoError(f"settings {text!r}: {error}") from None
+    if unknown:
+        raise DemoError(f"settings: {' '.join(unknown)} is not a {method} model flag (see predict.py --model "
+                        f"{method} --help)")
+    return {k: v for k, v in values_from_args(args, config).items() if v is not None}
+
+
+def load_runner(spec: ModelSpec):
+    """The runner for `spec`, built once and kept (a ViT-L takes a while to load)."""
+    import runners
+
+    with _runner_lock:
+        if spec not in _runners:
+            if spec.exported:
+                if spec.settings.strip():
+                    raise DemoError("an exported file fixes its settings: clear the settings field (or export again)")
+                runner = runners.open_exported(spec.exported, device=spec.device)
+            elif not spec.checkpoint:
+                raise DemoError("no model yet: give a checkpoint path (and CLIP weights) or an exported file")
+            else:
+                runner = runners.load_torch_runner(spec.method, checkpoint=spec.checkpoint,
+                                                   clip_weights=spec.clip_weights, device=spec.device,
+                                                   **settings_from_text(spec.method, spec.settings))
+            _runners.clear()  # one model in memory at a time
+            _runners[spec] = runner
+        return _runners[spec]
+
+
+def image_paths(uploaded, folder: str = "") -> list[tuple[Path, str]]:
+    """(file, display name) of the uploaded files, then of a server folder's images (recursive, as predict.py
+    finds them; named by their path below the folder)."""
+    import predict
+    import visualization
+
+    uploads = [Path(p) for p in uploaded or []]
+    items = list(zip(uploads, visualization.unique_names([visualization.safe_name(p.stem) for p in uploads])))
+    if folder and folder.strip():
+        root = Path(folder.strip()).expanduser()
+        if not root.is_dir():
+            raise DemoError(f"folder {root}: not a folder on this machine")
+        found, _ = predict.find_images([str(root)], root / ".demo-never-written")
+        if not found:
+            raise DemoError(f"folder {root}: no image files in it")
+        taken = {name for _, name in items}
+        names = visualization.unique_names([*taken, *predict.output_names(found)])[len(taken):]
+        items += list(zip(found, names))
+    if not items:
+        raise DemoError("no images: upload some, or give a folder on the server")
+    return items
+
+
+def analyse(runner, items: list[tuple[Path, str]], batch_size: int = 8) -> tuple[list[Result], list[str]]:
+    """Maps and scores of every readable image (set-normalised together where the method says so), and a
+    message per file that could not be read."""
+    import predict
+    import visualization
+    from image_io import read_image_array
+    from runners import normalize_over_set
+
+    images, names, problems = [], [], []
+    for path, name in items:
+        try:
+            images.append(read_image_array(path, runner.image_size)[0])
+            names.append(name)
+        except predict.UNREADABLE as error:
+            problems.append(f"skipped {name}: {error}")
+    if not images:
+        raise DemoError("none of the files could be read as an image: " + "; ".join(problems))
+    outputs = [runner(np.stack(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    maps = np.concatenate([m for m, _ in outputs])
+    raw_scores = np.concatenate([s for _, s in outputs])
+    scores = raw_scores
+    if runner.info.set_normalization:
+        maps, scores = normalize_over_set(maps, raw_scores)
+        if len(images) < 2:
+            problems.append(f"{runner.info.title} normalises scores over the images analysed together: with one "
+                            "image its score is undefined; see the raw score, or analyse several images")
+    results = []
+    for name, image, anomaly_map, score, raw in zip(names, images, maps, scores, raw_scores):
+        display = visualization.to_display(image)
+        title = f"{name}: score {score:.3f}"
+        png = visualization.render_overlay(display, anomaly_map, title=title)
+        results.append(Result(name, display, anomaly_map, float(score), float(raw), png))
+    return results, problems
+
+
+def defect_mask(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
+    """The pixels whose anomaly score reaches the threshold."""
+    return np.asarray(anomaly_map) >= threshold
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """The image with its defect pixels tinted red, `[S, S, 3]` uint8."""
+    blended = image.astype(np.float32)
+    blended[mask] = (1 - opacity) * blended[mask] + opacity * MASK_COLOUR
+    return blended.round().astype(np.uint8)
+
+
+def score_text(result: Result, set_normalised: bool) -> str:
+    if not set_normalised:
+        return f"{result.score:.4f}"
+    shown = "undefined (one image)" if not np.isfinite(result.score) else f"{result.score:.4f}"
+    return f"{shown} (raw {result.raw_score:.4f}, before the min-max over the images analysed together)"
+
+
+def score_rows(results: list[Result], threshold: float) -> list[list]:
+    return [[r.name, round(r.score, 6), round(r.raw_score, 6), round(float(r.anomaly_map.max()), 6),
+             round(100 * float(defect_mask(r.anomaly_map, threshold).mean()), 2)] for r in results]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def results_zip(results: list[Result], threshold: float) -> bytes:
+    """overlays/NAME.png, masks/NAME.png (white: defect at the threshold) and scores.csv, as one zip."""
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow([*SCORE_COLUMNS, "threshold"])
+    for row in score_rows(results, threshold):
+        writer.writerow([*row, threshold])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("scores.csv", table.getvalue())
+        for result in results:
+            archive.writestr(f"overlays/{result.name}.png", result.overlay_png)
+            mask = defect_mask(result.anomaly_map, threshold).astype(np.uint8) * 255
+            archive.writestr(f"masks/{result.name}.png", _png(mask))
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- the page
+
+def build_app(defaults: ModelSpec, work_dir: str | None = None):
+    """The Gradio page; every handler is a thin wrapper over the functions above."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no internet here, and no reason to phone home
+    import tempfile
+
+    import gradio as gr
+
+    from models import method_names
+
+    downloads = Path(work_dir or tempfile.mkdtemp(prefix="zsas_demo_"))
+
+    def write_zip(results, threshold) -> str:
+        folder = Path(tempfile.mkdtemp(dir=downloads))
+        path = folder / "anomaly_results.zip"
+        path.write_bytes(results_zip(results, threshold))
+        return str(path)
+
+    def selected_view(state, index, threshold):
+        result = state["results"][index]
+        mask = mask_overlay(result.image, defect_mask(result.anomaly_map, threshold))
+        zoom = max(1, 256 // mask.shape[0])  # small inputs shown larger, pixel for pixel
+        return score_text(result, state["set_normalised"]), mask.repeat(zoom, axis=0).repeat(zoom, axis=1)
+
+    def run(files, folder, method, checkpoint, clip_weights, settings, exported, threshold):
+        spec = replace(defaults, method=method, checkpoint=(checkpoint or "").strip(),
+                       clip_weights=(clip_weights or "").strip() or "openai", settings=settings or "",
+                       exported=(exported or "").strip())
+        try:
+            runner = load_runner(spec)
+            results, problems = analyse(runner, image_paths(files, folder))
+        except (ValueError, RuntimeError) as error:  # the project's user errors (bad files, flags, weights)
+            raise gr.Error(str(error)) from None
+        state = {"results": results, "set_normalised": runner.info.set_normalization}
+        score, mask = selected_view(state, 0, threshold)
+        gallery = [(np.asarray(Image.open(io.BytesIO(r.overlay_png)).convert("RGB")), r.name) for r in results]
+        status = f"**{runner.info.title}** at {runner.image_size} px — {runner.description}"
+        status += "".join(f"\n\n⚠ {problem}" for problem in problems)
+        return (gallery, score, mask, score_rows(results, threshold), write_zip(results, threshold), status, state, 0)
+
+    def on_threshold(state, index, threshold):
+        if not state:
+            return None, None, None
+        _, mask = selected_view(state, index, threshold)
+        return mask, score_rows(state["results"], threshold), write_zip(state["results"], threshold)
+
+    def on_select(state, threshold, event):
+        score, mask = selected_view(state, event.index, threshold)
+        return score, mask, event.index
+
+    on_select.__annotations__["event"] = gr.SelectData  # how Gradio knows to pass the click (a real class, not
+    # the string `from __future__ import annotations` would leave)
+
+    with gr.Blocks(title="Zero-shot anomaly segmentation") as app:
+        gr.Markdown("## Zero-shot anomaly segmentation\nUpload images, press **Analyse**, move the threshold.")
+        state, selected = gr.State(None), gr.State(0)
+        with gr.Row():
+            with gr.Column(scale=1):
+                files = gr.File(label="images", file_count="multiple", file_types=["image"], elem_id="images")
+                folder = gr.Textbox(label="or a folder on the server", placeholder="/data/photos")
+                with gr.Accordion("model", open=not defaults.checkpoint and not defaults.exported):
+                    method = gr.Dropdown(list(method_names()), value=defaults.method, label="method")
+                    checkpoint = gr.Textbox(defaults.checkpoint, label="checkpoint (.pth)")
+                    clip_weights = gr.Textbox(defaults.clip_weights, label="CLIP weights")
+                    settings = gr.Textbox(defaults.settings, label="model flags", placeholder=FIXTURE_SETTINGS)
+                    exported = gr.Textbox(defaults.exported, label="or an exported file (.onnx / .xml)")
+                threshold = gr.Slider(0, 1, value=DEFAULT_THRESHOLD, step=0.01, label="defect threshold",
+                                      elem_id="threshold")
+                button = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                status = gr.Markdown(elem_id="status")
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(label="anomaly maps (click one to select it)", format="png", columns=3,
+                                     object_fit="contain", height=380, elem_id="gallery")
+                with gr.Row():
+                    score = gr.Textbox(label="image score", interactive=False, elem_id="image-score")
+                    mask = gr.Image(label="defect mask at the threshold", format="png", interactive=False,
+                                    height=260, elem_id="mask")
+                table = gr.Dataframe(headers=list(SCORE_COLUMNS), label="scores", interactive=False, elem_id="table")
+                download = gr.File(label="download: overlays, masks, scores.csv", interactive=False,
+                                   elem_id="download")
+        button.click(run, [files, folder, method, checkpoint, clip_weights, settings, exported, threshold],
+                     [gallery, score, mask, table, download, status, state, selected], api_name="analyse")
+        threshold.release(on_threshold, [state, selected, threshold], [mask, table, download], api_name="threshold")
+        gallery.select(on_select, [state, threshold], [score, mask, selected], api_name=False)
+    app.downloads_dir = downloads
+    return app
+
+
+# ---------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    from runtime import DEVICE_HELP
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from models import method_names
+
+    parser.add_argument("--model", choices=method_names(), default="vip2", help="the method of --checkpoint_path")
+    parser.add_argument("--checkpoint_path", default="", help="train.py's epoch_{n}.pth or an authors' release")
+    parser.add_argument("--clip_weights", default="openai", help="CLIP weights for the checkpoint (as in predict.py)")
+    parser.add_argument("--settings", default="", metavar="FLAGS",
+                        help=f"the method's model flags as one string, e.g. '{FIXTURE_SETTINGS}'")
+    parser.add_argument("--onnx", "--openvino", dest="exported", default="", metavar="FILE",
+                        help="an export.py file (.onnx or OpenVINO .xml) instead of a checkpoint")
+    parser.add_argument("--demo_fixture", action="store_true",
+                        help="the test fixture's tiny model of --model (random-like weights: the maps mean nothing, "
+                             "but the page works with no download)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
+    return parser
+
+
+def spec_from_args(args) -> ModelSpec:
+    if args.demo_fixture:
+        folder = FIXTURES.get(args.model)
+        if folder is None:
+            raise DemoError(f"--demo_fixture: no fixture for --model {args.model} (choose vip2 or vcp)")
+        return ModelSpec(method=args.model, checkpoint=str(folder / "init.pth"),
+                         clip_weights=str(folder / "clip_tiny.npz"), settings=FIXTURE_SETTINGS, device=args.device)
+    return ModelSpec(method=args.model, checkpoint=args.checkpoint_path, clip_weights=args.clip_weights,
+                     settings=args.settings, exported=args.exported, device=args.device)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    spec = spec_from_args(args)
+    if spec.checkpoint or spec.exported:
+        print(f"loading {spec.exported or spec.checkpoint} ...", flush=True)
+        load_runner(spec)  # fail now, in the terminal, rather than on the first click
+    app = build_app(spec)
+    app.queue().launch(server_name=args.host, server_port=args.port, share=args.share, inbrowser=False,
+                       ssr_mode=False, allowed_paths=[str(app.downloads_dir)])
+
+
+def run_cli() -> None:
+    try:
+        main()
+    except Exception as error:
+        model_errors = sys.modules.get("models.errors")
+        user_errors = (ValueError,) + ((model_errors.ClipWeightsError,) if model_errors else ())
+        if not isinstance(error, user_errors):  # CheckpointError, ExportedModelError and DemoError are ValueErrors
+            raise
+        sys.exit(f"demo.py: {error}")
+
+
+if __name__ == "__main__":
+    run_cli()
