@@ -12,14 +12,23 @@ Plain `python train.py` runs one process and none of this is used. Under torchru
 * evaluation: whole batches are dealt out to the ranks (each image on exactly one rank,
   none padded or counted twice), and their outputs gathered to rank 0, which computes
   the metrics and writes every output once;
-* only rank 0 logs, shows progress bars and writes files.
+* only rank 0 logs, shows progress bars and writes files;
+* a run that ends well ends together: the other ranks wait (up to `FINISH_TIMEOUT`) while rank 0
+  scores and writes, so that no rank closes its connections under one still using them (gloo
+  aborts the process when a peer vanishes mid-connection).
 
 NCCL is the backend on CUDA devices, gloo on CPUs.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+
+# How long the other ranks wait for rank 0's metrics and writing at the end of a run (the collectives
+# before that keep torch's default timeout, so that a hang is still reported).
+FINISH_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ class Context:
 
 SINGLE = Context()
 _cpu_group = None  # a gloo group for CPU tensors when the main backend is NCCL
+_finish_group = None  # a gloo group with FINISH_TIMEOUT, for the barrier that ends a run
 
 
 def launched() -> bool:
@@ -63,17 +73,36 @@ def setup(device_name: str | None):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if
                                 device.type == "cuda" else None)
-    global _cpu_group
+    global _cpu_group, _finish_group
     _cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None
+    _finish_group = dist.new_group(backend="gloo", timeout=FINISH_TIMEOUT)
     return context, device
 
 
-def teardown(context: Context) -> None:
+def teardown(context: Context, finished: bool = True) -> None:
+    """Close the process group; after a run that `finished`, only once every rank has got here."""
+    global _cpu_group, _finish_group
     if context.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if finished:
+                dist.barrier(group=_finish_group)
             dist.destroy_process_group()
+        _cpu_group = _finish_group = None
+
+
+@contextlib.contextmanager
+def session(device_name: str | None):
+    """`with session(args.device) as (context, device):` setup, then teardown; a run that raised does not
+    wait for the others (torchrun stops them when one rank fails)."""
+    context, device = setup(device_name)
+    try:
+        yield context, device
+    except BaseException:
+        teardown(context, finished=False)
+        raise
+    teardown(context)
 
 
 def _group_for(tensor):
@@ -132,6 +161,28 @@ def gather_to_main(outputs: dict, context: Context, count: int, batch_size: int)
                 ordered[torch.tensor(rows, device=local.device, dtype=torch.long)] = pieces[rank][:len(rows)]
             gathered[key] = ordered
     return gathered if context.is_main else None
+
+
+def gather_objects(value, context: Context) -> list | None:
+    """Every rank's picklable `value`, in rank order, on rank 0 (None elsewhere); over gloo, off the GPUs."""
+    if not context.enabled:
+        return [value]
+    import torch.distributed as dist
+
+    pieces = [None] * context.world_size if context.is_main else None
+    dist.gather_object(value, pieces, dst=0, group=_cpu_group)
+    return pieces
+
+
+def broadcast_count(count: int, context: Context) -> int:
+    """Rank 0's `count` on every rank (e.g. images processed, so that every rank exits alike)."""
+    if not context.enabled:
+        return count
+    import torch.distributed as dist
+
+    holder = [count]
+    dist.broadcast_object_list(holder, src=0, group=_cpu_group)
+    return holder[0]
 
 
 def broadcast_parameters(module, context: Context) -> None:

@@ -21,6 +21,10 @@ before that step (`raw_score`). Files that cannot be read are reported (one line
 and skipped; the exit status is non-zero only when no image at all could be processed.
 An --out folder holding an earlier run's scores.csv is refused (`--overwrite`).
 
+Under torchrun (`torchrun --standalone --nproc_per_node 4 predict.py ...`, one GPU or CPU
+process each) the batches are dealt out to the processes as test.py deals them, and rank 0
+writes every file: the same outputs as one process, up to float rounding.
+
 With --onnx FILE (ONNX Runtime) or --openvino FILE.xml (OpenVINO) instead of
 --checkpoint_path, the exported model runs with no PyTorch and no CLIP weights: the
 method, image size and set normalisation are read from the file (export.py records
@@ -40,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime import DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from runtime import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from utils import DatasetError, OutputError, atomic_write_bytes, check_output_folder, non_negative_int, positive_int
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -91,8 +95,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help=DEVICE_HELP)
     run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
-    run.add_argument("--batch_size", type=positive_int, default=None,
-                     help="images per forward pass (default 32 on GPU, 8 on CPU)")
+    run.add_argument("--batch_size", type=positive_int, default=None, help=BATCH_SIZE_HELP)
     run.add_argument("--num_workers", type=non_negative_int, default=None,
                      help="image-loading processes (default: 0 on CPU, up to 4 with a GPU)")
     return parser
@@ -253,15 +256,36 @@ def collate(items):
     return indices, images, failed
 
 
-def image_batches(files: ImageFiles, batch_size: int, workers: int):
-    """Batches in order; loader processes (torch's DataLoader) only when asked for, beside a GPU."""
+def image_batches(files: ImageFiles, batches: list[list[int]], workers: int):
+    """The given batches of file indices, in order; loader processes (torch's DataLoader) only when asked for."""
     if workers:
         import torch
 
-        return torch.utils.data.DataLoader(files, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                           collate_fn=collate)
-    return (collate([files[i] for i in range(start, min(start + batch_size, len(files)))])
-            for start in range(0, len(files), batch_size))
+        return torch.utils.data.DataLoader(files, batch_sampler=batches, num_workers=workers, collate_fn=collate)
+    return (collate([files[i] for i in batch]) for batch in batches)
+
+
+def model_outputs(loader, runner):
+    """(indices, images, maps, scores, failed) per batch; maps and scores None for a batch with no readable image."""
+    for indices, images, failed in loader:
+        maps, scores = runner(images) if images is not None else (None, None)
+        yield indices, images, maps, scores, failed
+
+
+def gathered(results, rounds: int, context):
+    """Rank 0 gets lists of batch results in dataset order: one round at a time, each rank's batch of the round
+    (batches are dealt out round-robin, so rank order is batch order). Other ranks send theirs, get nothing."""
+    import distributed
+
+    if not context.enabled:
+        yield from ([result] for result in results)
+        return
+    results = iter(results)
+    for _ in range(rounds):
+        result = next(results, ([], None, None, None, []))  # a rank may hold one batch fewer than rank 0
+        pieces = distributed.gather_objects(result, context)
+        if context.is_main:
+            yield pieces
 
 
 # ---------------------------------------------------------------- run
@@ -320,12 +344,7 @@ def make_runner(args):
 
 def main(argv=None) -> int:
     """Returns the number of images processed (test-friendly); `run_cli` turns it into the exit status."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    from runners import normalize_over_set
-    from runtime import default_workers
-    from utils import setup_logger
+    import distributed
 
     args = parse_args(argv)
     out_dir = Path(args.out)
@@ -335,22 +354,46 @@ def main(argv=None) -> int:
         raise OutputError(f"nothing to do: no image files in {' '.join(args.paths)}")
     items = [InputImage(path, name) for path, name in zip(paths, output_names(paths))]
     check_no_overwrite(items, out_dir)
-    runner = make_runner(args)
+    if args.exported:
+        if distributed.launched():
+            raise ValueError("--onnx / --openvino run in one process: start predict.py without torchrun")
+        return predict(args, paths, items, unmatched, make_runner(args), distributed.SINGLE)
+    with distributed.session(args.device) as (context, device):
+        if device.type == "cuda":
+            args.device = str(device)  # under torchrun: this rank's GPU
+        return predict(args, paths, items, unmatched, make_runner(args), context)
+
+
+def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[str], runner, context) -> int:
+    """Every rank runs its batches; rank 0 writes every output. Returns the images processed (on every rank)."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    import distributed
+    from runners import normalize_over_set
+    from runtime import default_batch_size, default_workers
+    from utils import setup_logger
+
+    out_dir = Path(args.out)
     info = runner.info
-    logger = setup_logger("zsas.predict", out_dir)
+    logger = setup_logger("zsas.predict", out_dir if context.is_main else None, quiet=not context.is_main)
     for argument in unmatched:
         logger.warning("no image found for %s (not a file, a folder with images, or a matching glob)", argument)
     size = info.image_size
-    on_gpu = getattr(getattr(runner, "device", None), "type", None) == "cuda"
-    batch_size = args.batch_size or (32 if on_gpu else 8)
+    device = getattr(runner, "device", None)
+    on_gpu = getattr(device, "type", None) == "cuda"
+    batch_size = args.batch_size or (default_batch_size(device) if device is not None else 8)
     workers = getattr(args, "num_workers", 0)
     if workers is None:  # on a CPU the model needs every core; decoding in parallel pays off only beside a GPU
         workers = min(MAX_DEFAULT_WORKERS, default_workers()) if on_gpu else 0
-    if len(paths) <= batch_size:  # one batch: starting loader processes would cost more than it saves
+    all_batches = distributed.batches_of_rank(len(paths), batch_size, distributed.SINGLE)
+    mine = distributed.batches_of_rank(len(paths), batch_size, context)
+    if len(mine) <= 1:  # one batch: starting loader processes would cost more than it saves
         workers = 0
-    batches = image_batches(ImageFiles(paths, size), batch_size, workers)
-    logger.info("predicting %d image(s) with %s at %dx%d (%s); outputs in %s", len(paths), info.title, size, size,
-                runner.description, out_dir)
+    rounds = -(-len(all_batches) // context.world_size)
+    results = gathered(model_outputs(image_batches(ImageFiles(paths, size), mine, workers), runner), rounds, context)
+    logger.info("predicting %d image(s) with %s at %dx%d (%s%s); outputs in %s", len(paths), info.title, size, size,
+                runner.description, f", {context.world_size} processes" if context.enabled else "", out_dir)
     # A method that normalises over the evaluated set (VCP-CLIP) needs every map before drawing any.
     over_set = info.set_normalization
     if over_set and len(paths) < 2:
@@ -360,20 +403,20 @@ def main(argv=None) -> int:
 
     rows, skipped, held = [], 0, []
     with logging_redirect_tqdm(loggers=[logger]):
-        progress = tqdm(total=len(paths), desc="predict", unit="image")
-        for indices, images, failed in batches:
-            for index, reason in failed:
-                logger.warning("skipped %s: cannot read it as an image (%s)", paths[index], reason)
-            skipped += len(failed)
-            if images is not None:
-                maps, scores = runner(images)
-                if over_set:
-                    held.append((indices, images, maps, scores))
-                else:
-                    for row, index in enumerate(indices):
-                        rows.append(save_outputs(images[row], maps[row], float(scores[row]), float(scores[row]),
-                                                 items[index], out_dir, args))
-            progress.update(len(indices) + len(failed))
+        progress = tqdm(total=len(paths), desc="predict", unit="image", disable=not context.is_main)
+        for pieces in results:
+            for indices, images, maps, scores, failed in pieces:
+                for index, reason in failed:
+                    logger.warning("skipped %s: cannot read it as an image (%s)", paths[index], reason)
+                skipped += len(failed)
+                if images is not None:
+                    if over_set:
+                        held.append((indices, images, maps, scores))
+                    else:
+                        for row, index in enumerate(indices):
+                            rows.append(save_outputs(images[row], maps[row], float(scores[row]), float(scores[row]),
+                                                     items[index], out_dir, args))
+                progress.update(len(indices) + len(failed))
         progress.close()
     if held:
         raw_scores = np.concatenate([h[3] for h in held])
@@ -387,10 +430,11 @@ def main(argv=None) -> int:
 
     if rows:
         write_scores(out_dir / SCORES_FILE, rows)
-    logger.info("done: %d image(s) processed, %d unreadable file(s) skipped%s; %s", len(rows), skipped,
-                f", {len(unmatched)} PATH argument(s) matched nothing" if unmatched else "",
-                f"scores in {out_dir / SCORES_FILE}" if rows else "no scores.csv written")
-    return len(rows)
+    if context.is_main:
+        logger.info("done: %d image(s) processed, %d unreadable file(s) skipped%s; %s", len(rows), skipped,
+                    f", {len(unmatched)} PATH argument(s) matched nothing" if unmatched else "",
+                    f"scores in {out_dir / SCORES_FILE}" if rows else "no scores.csv written")
+    return distributed.broadcast_count(len(rows), context)
 
 
 def _user_errors() -> tuple[type, ...]:

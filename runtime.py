@@ -27,6 +27,8 @@ BATCH_SIZE_HELP = f"images per forward pass (default {GPU_BATCH_SIZE} on GPU, {C
 
 def default_batch_size(device) -> int:
     return GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+
+
 DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"
 PRECISION_HELP = "backbone and heads precision; fp32 reproduces the reference, bf16/fp16 autocast on top"
 

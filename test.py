@@ -106,11 +106,8 @@ def main(argv=None) -> dict:
 
     import distributed
 
-    context, device = distributed.setup(args.device)
-    try:
+    with distributed.session(args.device) as (context, device):
         return evaluate(args, method, earlier, context, device)
-    finally:
-        distributed.teardown(context)
 
 
 def evaluate(args, method, earlier, context, device) -> dict | None:

@@ -111,12 +111,9 @@ def main(argv=None) -> Path:
     validation = (AnomalyDataset(args.val_data_path, image_size, split="test", dataset=args.val_dataset)
                   if args.val_data_path else None)
     init = read_checkpoint(args.init_checkpoint, "--init_checkpoint") if args.init_checkpoint else None
-    context, device = distributed.setup(args.device)
-    try:
+    with distributed.session(args.device) as (context, device):
         return _train(args, method, training, settings, save_path, to_remove, dataset, validation, init, context,
                       device)
-    finally:
-        distributed.teardown(context)
 
 
 def _train(args, method, training, settings, save_path, to_remove, dataset, validation, init, context, device):

@@ -1,8 +1,11 @@
 """Shared fixtures: the two reference fixtures (tests/fixtures/vip2_tiny, vcp_tiny) and helpers to run the CLIs."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import warnings
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +20,32 @@ VCP_FIXTURE = ROOT / "tests" / "fixtures" / "vcp_tiny"
 FIXTURE_SETTINGS = ["--image_size", "126", "--features_list", "1", "2", "3", "4"]
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@contextlib.contextmanager
+def project_logging_kept():
+    """The scripts' main() set up their logging (the `zsas` logger stops propagating, warnings are captured):
+    what a test runs in-process must not change what a later test reads through caplog."""
+    loggers = [logging.getLogger(name) for name in ("zsas", "py.warnings")]
+    saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    show, format_warning = warnings.showwarning, warnings.formatwarning
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        warnings.showwarning, warnings.formatwarning = show, format_warning
+        for lg, (handlers, propagate, level) in zip(loggers, saved):
+            for handler in lg.handlers:
+                if handler not in handlers:
+                    handler.close()
+            lg.handlers[:], lg.propagate = handlers, propagate
+            lg.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def project_logging_restored():
+    with project_logging_kept():
+        yield
 
 
 def vcp_settings(config: dict) -> list[str]:

@@ -99,3 +99,39 @@ def test_two_process_training_reproduces_the_trained_fixtures(tmp_path, clip_pt,
     saved = np.load(out / "maps.npz")
     np.testing.assert_allclose(saved["anomaly_maps"], vcp_expected["trained_maps"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(saved["image_scores"], vcp_expected["trained_scores"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_sharded_prediction_writes_what_one_process_writes(tmp_path, clip_pt, vcp_clip_pt, vcp_expected):
+    """predict.py under torchrun: 5 images in batches of 2 (rank 0 holds two batches, rank 1 one) and an unreadable
+    file; rank 0 writes the same scores.csv and maps as one process, for both methods (VCP normalises over the set)."""
+    import csv
+
+    from test_predict import write_image
+
+    images = tmp_path / "images"
+    for index in range(5):
+        write_image(images / f"{index:03d}.png", index)
+    (images / "002_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    config = vcp_expected["json"]["config"]
+    models = {"vip2": ["--checkpoint_path", FIXTURE / "init.pth", "--clip_weights", clip_pt, *FIXTURE_SETTINGS],
+              "vcp": ["--model", "vcp", "--checkpoint_path", VCP_FIXTURE / "init.pth", "--clip_weights", vcp_clip_pt,
+                      *vcp_settings(config)]}
+    for name, model in models.items():
+        outputs = {}
+        for processes in (1, 2):
+            out = tmp_path / f"{name}_{processes}"
+            result = run("predict.py", images, *model, "--device", "cpu", "--batch_size", "2", "--save_raw",
+                         "--out", out, processes=processes)
+            assert result.stdout.count("cannot read it as an image") == 1, result.stdout  # by rank 0 only
+            assert ("2 processes" in result.stdout) == (processes == 2)
+            with open(out / "scores.csv", newline="") as file:
+                rows = list(csv.DictReader(file))
+            outputs[processes] = rows, {row["map"]: np.load(out / row["map"]) for row in rows}
+            assert not (out / "log.txt").read_text().count("Traceback")
+        (rows_1, maps_1), (rows_2, maps_2) = outputs[1], outputs[2]
+        assert [row["path"] for row in rows_2] == [row["path"] for row in rows_1] and len(rows_1) == 5
+        for one, two in zip(rows_1, rows_2):
+            assert float(two["image_score"]) == pytest.approx(float(one["image_score"]), abs=1e-6), name
+            assert float(two["raw_score"]) == pytest.approx(float(one["raw_score"]), abs=1e-6), name
+            np.testing.assert_allclose(maps_2[two["map"]], maps_1[one["map"]], atol=1e-6, rtol=0, err_msg=name)

@@ -1,11 +1,9 @@
 """export.py and predict.py --onnx / --openvino on the reference fixtures: exported graphs compute what PyTorch does."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -14,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, FIXTURE_SETTINGS, ROOT, VCP_FIXTURE, fixture_model
+from conftest import FIXTURE, FIXTURE_SETTINGS, ROOT, VCP_FIXTURE, fixture_model, project_logging_kept
 from test_predict import write_image
 
 import export
@@ -33,34 +31,6 @@ def model_args(method: str) -> list[str]:
     folder = FOLDERS[method]
     return ["--model", method, "--checkpoint_path", str(folder / "init.pth"), "--clip_weights",
             str(folder / "clip_tiny.npz"), *FIXTURE_SETTINGS]
-
-
-@contextlib.contextmanager
-def project_logging_kept():
-    """export.main and predict.main set up the scripts' logging (the `zsas` logger stops propagating): later test
-    files that read log records through caplog must find it as they would alone."""
-    import warnings
-
-    loggers = [logging.getLogger(name) for name in ("zsas", "py.warnings")]
-    saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
-    show, format_warning = warnings.showwarning, warnings.formatwarning
-    try:
-        yield
-    finally:
-        logging.captureWarnings(False)
-        warnings.showwarning, warnings.formatwarning = show, format_warning
-        for lg, (handlers, propagate, level) in zip(loggers, saved):
-            for handler in lg.handlers:
-                if handler not in handlers:
-                    handler.close()
-            lg.handlers[:], lg.propagate = handlers, propagate
-            lg.setLevel(level)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def project_logging_restored():
-    with project_logging_kept():
-        yield
 
 
 @pytest.fixture(scope="session")
