@@ -27,7 +27,11 @@ from PIL import Image
 
 def albumentations_pipeline(seed: int | None = None):
     """The reference's pipeline (its parameters; the library's defaults for the rest)."""
-    import albumentations as A
+    try:
+        import albumentations as A
+    except ImportError:
+        raise ImportError("VCP-CLIP's training augmentation needs albumentations (pip install -r requirements.txt), "
+                          "or pass --no_albumentations to train without it") from None
 
     return A.Compose([
         A.Rotate(limit=30, p=0.5),
