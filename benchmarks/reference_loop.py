@@ -3,7 +3,8 @@
     python benchmarks/reference_loop.py --model vcp --data_path DATA --checkpoint_path CKPT --clip_weights W
 
 The same model weights and images as `test.py`, run as both references run them: each
-image through the network on its own (batch 1) with CLIP's original attention module,
+image through the network on its own (batch 1) with CLIP's original attention module, CLIP
+built as their loaders build it (randomly initialised, then the weights copied in),
 the Gaussian smoothing with scipy per image, VCP-CLIP's per-class normalisation in NumPy,
 and the metrics with scikit-learn on every pixel plus the reference's 200-threshold
 AUPRO loop (`tests/metrics_oracle.py`). Prints one JSON line of timings; used by
@@ -33,6 +34,21 @@ from models.attention import use_multihead_attention  # noqa: E402
 from models.base import normalize_images  # noqa: E402
 
 
+def reference_clip(method: str, clip_weights: str):
+    """CLIP as the references load it: built with random values, then the weights loaded into it."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    from models import get_method
+    from models.clip_loader import NON_WEIGHT_KEYS, read_clip_state_dict, resolve_clip_weights
+
+    state = read_clip_state_dict(resolve_clip_weights(clip_weights))
+    weights = {k: v for k, v in state.items() if k not in NON_WEIGHT_KEYS}
+    quick_gelu = get_method(method).model_class().quick_gelu
+    clip = build_model_from_openai_state_dict(dict(weights), quick_gelu=quick_gelu, cast_dtype=None).float()
+    clip.load_state_dict({k: v.float() for k, v in weights.items()})
+    return clip.requires_grad_(False).eval()
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vip2")
@@ -40,7 +56,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint_path", required=True)
     parser.add_argument("--clip_weights", required=True)
     args = parser.parse_args(argv)
-    model = create_model(args.model, clip_weights=args.clip_weights, checkpoint=args.checkpoint_path)
+    model = create_model(args.model, clip=reference_clip(args.model, args.clip_weights),
+                         checkpoint=args.checkpoint_path)
     use_multihead_attention(model.backbone.clip)  # the references' attention module
     dataset = AnomalyDataset(args.data_path, model.image_size)
     loaded = time.perf_counter()

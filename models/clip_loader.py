@@ -143,13 +143,33 @@ def build_clip(state_dict: dict[str, torch.Tensor], quick_gelu: bool = True):
 
     state_dict = {k: v for k, v in state_dict.items() if k not in NON_WEIGHT_KEYS}
     try:
-        # open_clip's builder rounds weights to float16; reloading restores float32 state dicts exactly.
-        model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=quick_gelu, cast_dtype=None).float()
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
+        # Built on the meta device (no memory, no random initialisation: 10-15 s for a ViT-L on 2 cores), then
+        # the float32 weights are taken as they are (open_clip's builder alone would round them to float16).
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # its own load into meta tensors: a no-op, said per key
+            model = build_model_from_openai_state_dict(dict(state_dict), quick_gelu=quick_gelu, cast_dtype=None)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()},
+                              assign=True)
     except (KeyError, RuntimeError) as error:
         raise ClipWeightsError(f"the CLIP weights do not form an OpenAI ViT CLIP: {error}. {_hint()}") from error
+    _materialize_buffers(model)
     model.requires_grad_(False)
     return model.eval()
+
+
+def _materialize_buffers(model) -> None:
+    """The buffers a state dict does not hold (the text tower's causal mask), built on the CPU."""
+    for module in model.modules():
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            if not buffer.is_meta:
+                continue
+            if name != "attn_mask" or buffer.dim() != 2:
+                raise ClipWeightsError(f"the CLIP weights leave {type(module).__name__}.{name} unset. {_hint()}")
+            mask = torch.full(buffer.shape, float("-inf")).triu_(1)  # open_clip's causal mask: -inf above
+            module.register_buffer(name, mask, persistent=False)
+    left = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if left:
+        raise ClipWeightsError(f"the CLIP weights leave {', '.join(left[:5])} unset. {_hint()}")
 
 
 def load_clip(spec: str = OPENAI_TAG, quick_gelu: bool = True):

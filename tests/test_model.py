@@ -52,6 +52,31 @@ def test_prompt_encoding_equals_open_clip_text_encoder(tiny_clip):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("fixture,quick_gelu", [(FIXTURE, True), (VCP_FIXTURE, False)])
+def test_clip_built_on_meta_equals_open_clips_builder(fixture, quick_gelu):
+    """build_clip skips the random initialisation (meta device, weights assigned): the same model as open_clip's
+    builder reloaded in float32, every weight and buffer (the causal mask) equal, nothing left on meta."""
+    from open_clip.model import build_model_from_openai_state_dict
+
+    from models.clip_loader import NON_WEIGHT_KEYS, build_clip, read_clip_state_dict
+
+    state = read_clip_state_dict(fixture / "clip_tiny.npz")
+    ours = build_clip(state, quick_gelu=quick_gelu)
+    weights = {k: v for k, v in state.items() if k not in NON_WEIGHT_KEYS}
+    theirs = build_model_from_openai_state_dict(dict(weights), quick_gelu=quick_gelu, cast_dtype=None).float()
+    theirs.load_state_dict({k: v.float() for k, v in weights.items()})
+    theirs.requires_grad_(False).eval()
+    ours_tensors = {**dict(ours.named_buffers()), **ours.state_dict()}
+    theirs_tensors = {**dict(theirs.named_buffers()), **theirs.state_dict()}
+    assert ours_tensors.keys() == theirs_tensors.keys() and "attn_mask" in ours_tensors
+    for name, tensor in theirs_tensors.items():
+        assert not ours_tensors[name].is_meta and ours_tensors[name].dtype == tensor.dtype, name
+        assert torch.equal(ours_tensors[name], tensor), name
+    ids = torch.randint(0, 1000, (2, 77), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ours.encode_text(ids), theirs.encode_text(ids))
+
+
 def test_anomaly_map_equals_per_layer_upsampling(tiny_clip, fixture_batch):
     """The single upsampling of the averaged map equals the reference's upsample-then-average."""
     model = fixture_model(tiny_clip)
