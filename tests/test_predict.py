@@ -176,3 +176,12 @@ def test_vcp_scores_are_normalised_over_the_run(image_folder, tmp_path):
     assert len(set(raw)) == 3 and all(1 < value < 2 for value in raw)  # two branch means of probabilities
     maps = np.stack([np.load(out_dir / row["map"]) for row in rows])
     assert maps.min() == 0 and maps.max() == 1
+
+
+def test_exported_model_under_torchrun_is_refused(tmp_path, monkeypatch):
+    """An exported model runs in one process: under torchrun (WORLD_SIZE > 1) predict.py says so before any work."""
+    write_image(tmp_path / "images" / "000.png", 0)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="run in one process: start predict.py without torchrun"):
+        predict.main([str(tmp_path / "images"), "--onnx", str(tmp_path / "model.onnx"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / predict.SCORES_FILE).exists()
