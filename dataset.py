@@ -319,7 +319,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
         if augmentation is not None:
             if augmentation.mosaic_rate > 0 and augmentation.wants_mosaic() and self._anomalous_of_class.get(
                     sample.cls_name):
-                from augment import mosaic
+                from engine.augment import mosaic
 
                 picks = [self.samples[random.choice(self._anomalous_of_class[sample.cls_name])] for _ in range(4)]
                 image, mask = mosaic(*zip(*(self._decode(pick) for pick in picks)))

@@ -92,7 +92,7 @@ def settings_from_text(method: str, text: str) -> dict:
 
 def load_runner(spec: ModelSpec):
     """The runner for `spec`, built once and kept (a ViT-L takes a while to load)."""
-    import runners
+    from deploy import runners
 
     with _runner_lock:
         if spec not in _runners:
@@ -115,7 +115,7 @@ def image_paths(uploaded, folder: str = "") -> list[tuple[Path, str]]:
     """(file, display name) of the uploaded files, then of a server folder's images (recursive, as predict.py
     finds them; named by their path below the folder)."""
     import predict
-    import visualization
+    from reporting import visualization
 
     uploads = [Path(p) for p in uploaded or []]
     items = list(zip(uploads, visualization.unique_names([visualization.safe_name(p.stem) for p in uploads])))
@@ -138,9 +138,9 @@ def analyse(runner, items: list[tuple[Path, str]], batch_size: int = 8) -> tuple
     """Maps and scores of every readable image (set-normalised together where the method says so), and a
     message per file that could not be read."""
     import predict
-    import visualization
-    from image_io import read_image_array
-    from runners import normalize_over_set
+    from reporting import visualization
+    from deploy.image_io import read_image_array
+    from deploy.runners import normalize_over_set
 
     images, names, problems = [], [], []
     for path, name in items:
@@ -308,7 +308,7 @@ def build_app(defaults: ModelSpec, work_dir: str | None = None):
 # ---------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    from runtime import DEVICE_HELP
+    from engine.devices import DEVICE_HELP
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from models import method_names

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from runners import FORMAT_SUFFIXES, INPUT_NAME, OUTPUT_NAMES, ExportedModelError, ModelInfo
+from deploy.runners import FORMAT_SUFFIXES, INPUT_NAME, OUTPUT_NAMES, ExportedModelError, ModelInfo
 from utils import HelpFormatter, OutputError, check_output_file
 
 OPSET = 18
@@ -232,7 +232,7 @@ def to_onnx_proto(program, precision: str):
 def save_onnx(proto, path: Path, info: ModelInfo) -> None:
     import onnx
 
-    from runners import METADATA_PREFIX
+    from deploy.runners import METADATA_PREFIX
 
     del proto.metadata_props[:]
     for key, value in info.to_metadata().items():
@@ -248,7 +248,7 @@ def save_openvino(onnx_path: Path, path: Path, info: ModelInfo) -> None:
     """The fp32 ONNX file converted to an OpenVINO IR, the settings in its rt_info; fp16 compresses the weights."""
     import openvino as ov
 
-    from runners import OPENVINO_RT_INFO
+    from deploy.runners import OPENVINO_RT_INFO
 
     ov_model = ov.convert_model(str(onnx_path))
     for key, value in info.to_metadata().items():
@@ -280,7 +280,7 @@ def compare(model, runner) -> dict:
 def export_model(model, output, fmt: str = "onnx", precision: str = "fp32", checkpoint=None) -> dict:
     """Write `model` (an AnomalyModel on the CPU, eval mode) to `output`, check it against PyTorch, return the
     check's figures. Raises ExportedModelError, leaving no file, when an fp32 file is off by more than 1e-4."""
-    from runners import OnnxRunner, OpenVinoRunner
+    from deploy.runners import OnnxRunner, OpenVinoRunner
 
     output = Path(output)
     info = model_info(model, precision, checkpoint, fmt)

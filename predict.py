@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from engine.devices import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from utils import DatasetError, OutputError, atomic_write_bytes, check_output_folder, non_negative_int, positive_int
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -203,7 +203,7 @@ def output_names(paths: list[Path]) -> list[str]:
 
     Two inputs that differ only by extension (`x.png`, `x.jpg`) get `x` and `x_2`.
     """
-    import visualization
+    from reporting import visualization
 
     if not paths:
         return []
@@ -237,7 +237,7 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from image_io import read_image_array  # dataset.read_image's pixels, without torch
+        from deploy.image_io import read_image_array  # dataset.read_image's pixels, without torch
 
         try:
             image, _ = read_image_array(self.paths[index], self.size)
@@ -275,7 +275,7 @@ def model_outputs(loader, runner):
 def gathered(results, rounds: int, context):
     """Rank 0 gets lists of batch results in dataset order: one round at a time, each rank's batch of the round
     (batches are dealt out round-robin, so rank order is batch order). Other ranks send theirs, get nothing."""
-    import distributed
+    from engine import distributed
 
     if not context.enabled:
         yield from ([result] for result in results)
@@ -301,7 +301,7 @@ def write_scores(path: Path, rows: list[dict]) -> None:
 def save_outputs(image, anomaly_map, score: float, raw_score: float, item: InputImage,
                  out_dir: Path, args) -> dict:
     """Overlay (and map) of one image; returns its scores.csv row."""
-    import visualization
+    from reporting import visualization
 
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
     limits = visualization.value_range(anomaly_map, "fixed" if args.color_scale == "fixed" else "data")
@@ -329,7 +329,7 @@ def check_out(out_dir: Path, overwrite: bool) -> None:
 
 def make_runner(args):
     """The model to run: an exported file (settings from its metadata) or a checkpoint on its CLIP."""
-    import runners
+    from deploy import runners
 
     if args.exported:
         return runners.open_exported(args.exported, "onnx" if args.onnx else "openvino", device=args.device)
@@ -344,7 +344,7 @@ def make_runner(args):
 
 def main(argv=None) -> int:
     """Returns the number of images processed (test-friendly); `run_cli` turns it into the exit status."""
-    import distributed
+    from engine import distributed
 
     args = parse_args(argv)
     out_dir = Path(args.out)
@@ -369,9 +369,9 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    import distributed
-    from runners import normalize_over_set
-    from runtime import default_batch_size, default_workers
+    from engine import distributed
+    from deploy.runners import normalize_over_set
+    from engine.devices import default_batch_size, default_workers
     from utils import setup_logger
 
     out_dir = Path(args.out)

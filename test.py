@@ -24,7 +24,7 @@ from pathlib import Path
 import metrics
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from runtime import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from engine.devices import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder,
                    non_negative_int, positive_int)
 from utils import run_cli as run_cli_of
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
     method = get_method(args.model)
     earlier = check_outputs(args)
 
-    import distributed
+    from engine import distributed
 
     with distributed.session(args.device) as (context, device):
         return evaluate(args, method, earlier, context, device)
@@ -114,12 +114,12 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     """Every rank infers its shard; rank 0 gathers, scores and writes (returns None elsewhere)."""
     import torch
 
-    import distributed
+    from engine import distributed
     from dataset import AnomalyDataset
-    from inference import loader_chunk, predict_dataset, save_maps, warm_up
+    from engine.inference import loader_chunk, predict_dataset, save_maps, warm_up
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
-    from runtime import (configure_precision, default_batch_size, default_workers, memory_note, peak_gpu_memory_gb,
+    from engine.devices import (configure_precision, default_batch_size, default_workers, memory_note, peak_gpu_memory_gb,
                          reset_peak_gpu_memory, shared_memory_warning)
     from utils import atomic_write_json, nan_to_none, setup_logger
 
@@ -193,7 +193,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
         except OSError as error:
             failures.append(f"--save_maps {args.save_maps}: {error}")
     if args.visualize:
-        import visualization
+        from reporting import visualization
 
         try:
             written = visualization.save_test_panels(outputs, dataset, save_path / FIGURES, max_per_class=args.vis_max)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from runtime import CACHE_MODES, DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from engine.devices import CACHE_MODES, DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from utils import (HelpFormatter, OutputError, atomic_write_json, check_output_folder,
                    non_negative_int, positive_int)
 from utils import run_cli as run_cli_of
@@ -101,7 +101,7 @@ def main(argv=None) -> Path:
     to_remove = check_save_path(save_path, args.overwrite)
 
     # Everything below imports torch; every input is checked before anything is written.
-    import distributed
+    from engine import distributed
     from dataset import AnomalyDataset
     from models.checkpoint import read_checkpoint
 
@@ -120,12 +120,12 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
     """Build the model and run the epochs (every rank, under torchrun); rank 0 logs and writes."""
     import torch
 
-    import distributed
+    from engine import distributed
     from models import create_model
     from models.checkpoint import save_checkpoint
-    from runtime import (configure_precision, default_workers, memory_note, peak_gpu_memory_gb,
+    from engine.devices import (configure_precision, default_workers, memory_note, peak_gpu_memory_gb,
                          reset_peak_gpu_memory, set_seed, shared_memory_warning)
-    from trainer import Trainer
+    from engine.training import Trainer
     from utils import setup_logger
 
     distributed.check_batch(training.batch_size, context)

@@ -86,9 +86,9 @@ def run(script: str, *args) -> float:
 
 def loading_row(data: Path, image_size: int, batch_size: int, workers: int | None, device: str) -> dict:
     """test.py's loader alone: decoding and resizing, split over its worker processes."""
-    import inference as test_script
+    from engine import inference as test_script
     from dataset import AnomalyDataset
-    from runtime import default_workers
+    from engine.devices import default_workers
 
     dataset = AnomalyDataset(data, image_size, split="test")
     workers = default_workers() if workers is None else workers

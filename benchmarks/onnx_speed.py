@@ -63,7 +63,7 @@ def benchmark(method: str, args, threads: int, folder: Path) -> dict:
     import export
     from models import create_model, get_method
     from models.clip_loader import build_clip, random_clip_state_dict
-    from runners import OnnxRunner, TorchRunner
+    from deploy.runners import OnnxRunner, TorchRunner
 
     torch.manual_seed(0)
     quick_gelu = get_method(method).model_class().quick_gelu
@@ -96,7 +96,7 @@ def main(argv=None) -> list[dict]:
     import torch
     from tabulate import tabulate
 
-    from runtime import available_cpus
+    from engine.devices import available_cpus
     from utils import setup_logger
 
     setup_logger("zsas.export", None)

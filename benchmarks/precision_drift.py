@@ -27,7 +27,7 @@ from dataset import AnomalyDataset  # noqa: E402
 from generate_dataset_json.synthetic import make_synthetic_dataset  # noqa: E402
 from models import create_model, get_method  # noqa: E402
 from models.clip_loader import build_clip, random_clip_state_dict  # noqa: E402
-from runtime import autocast  # noqa: E402
+from engine.devices import autocast  # noqa: E402
 
 FIXTURES = {"vip2": ROOT / "tests" / "fixtures" / "vip2_tiny", "vcp": ROOT / "tests" / "fixtures" / "vcp_tiny"}
 

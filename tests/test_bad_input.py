@@ -125,7 +125,7 @@ def test_unwritable_outputs_fail_before_any_work(clip_pt, tmp_path):
 def test_a_late_failure_keeps_the_metrics(monkeypatch, clip_pt, tmp_path):
     import importlib.util
 
-    import inference
+    from engine import inference
     from conftest import ROOT
 
     # by path: `import test` would find the standard library's package

@@ -41,7 +41,7 @@ def test_analyse_returns_the_runner_s_maps_and_scores(fixture_spec):
     assert demo.load_runner(fixture_spec) is runner  # loaded once
     items = demo.image_paths(IMAGES[:3])
     results, problems = demo.analyse(runner, items, batch_size=2)
-    from image_io import read_image_array
+    from deploy.image_io import read_image_array
 
     maps, scores = runner(np.stack([read_image_array(path, 126)[0] for path, _ in items]))
     assert not problems and [r.name for r in results] == [name for _, name in items]

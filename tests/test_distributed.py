@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import FIXTURE, FIXTURE_SETTINGS, ROOT, VCP_FIXTURE, vcp_settings
 
-import distributed
+from engine import distributed
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -17,7 +17,7 @@ from test_predict import write_image
 
 import export
 import predict
-from runners import OnnxRunner, open_exported
+from deploy.runners import OnnxRunner, open_exported
 
 onnx = pytest.importorskip("onnx", reason="export needs onnx (pip install -r requirements.txt)")
 pytest.importorskip("onnxscript", reason="export needs onnxscript (pip install -r requirements.txt)")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import fixture_model
 
-import inference as test_script
+from engine import inference as test_script
 from dataset import AnomalyDataset
 from generate_dataset_json.synthetic import make_synthetic_dataset
 

@@ -11,7 +11,7 @@ from conftest import FIXTURE, FIXTURE_SETTINGS, fixture_model
 from PIL import Image
 
 import predict
-import visualization
+from reporting import visualization
 from dataset import read_image
 
 SIZE = 126

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-import image_io
+from deploy import image_io
 from dataset import read_image
 from models.vcp.model import VCPCLIP
-from runners import ExportedModelError, ModelInfo, normalize_over_set
+from deploy.runners import ExportedModelError, ModelInfo, normalize_over_set
 
 
 def finalize(maps: np.ndarray, scores: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:

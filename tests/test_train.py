@@ -8,7 +8,7 @@ import torch
 from conftest import FIXTURE, FIXTURE_SETTINGS, run_script
 
 import train
-from feature_cache import choose_cache
+from engine.feature_cache import choose_cache
 from models.checkpoint import read_checkpoint
 
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-import runtime
+from engine import devices as runtime
 import utils
 
 

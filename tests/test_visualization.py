@@ -11,7 +11,7 @@ import torch
 from conftest import FIXTURE, FIXTURE_SETTINGS, ROOT
 from PIL import Image
 
-import visualization
+from reporting import visualization
 from dataset import AnomalyDataset
 
 SIZE = 126

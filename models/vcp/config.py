@@ -97,7 +97,7 @@ class VCPTraining:
 
     def augmentation(self):
         """What the training loader applies (None: nothing, so the frozen features can be cached)."""
-        from augment import Augmentation
+        from engine.augment import Augmentation
 
         augmentation = Augmentation(mosaic_rate=self.aug_rate, albumentations=self.albumentations)
         return augmentation if augmentation.active else None

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from runtime import autocast
+from engine.devices import autocast
 from utils import atomic_savez
 
 BATCH_KEYS = ("img", "img_mask", "anomaly")

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-import distributed
-from feature_cache import FeatureCache, choose_cache
+from engine import distributed
+from engine.feature_cache import FeatureCache, choose_cache
 from models.base import normalize_images
-from runtime import autocast, precision_dtype
+from engine.devices import autocast, precision_dtype
 
 
 class TrainingStep(nn.Module):

@@ -57,7 +57,7 @@ def launched() -> bool:
 
 def setup(device_name: str | None):
     """(Context, device): initialise the process group when launched by torchrun, else one process."""
-    from runtime import resolve_device
+    from engine.devices import resolve_device
 
     if not launched():
         return SINGLE, resolve_device(device_name)

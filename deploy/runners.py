@@ -122,7 +122,7 @@ class TorchRunner(Runner):
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        from runtime import autocast
+        from engine.devices import autocast
 
         with torch.inference_mode(), autocast(self.precision, self.device):
             maps, scores = self.model(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
@@ -133,7 +133,7 @@ def load_torch_runner(method: str, *, checkpoint, clip_weights: str = "openai", 
                       precision: str = "fp32", **settings) -> TorchRunner:
     """A checkpoint on its CLIP, as predict.py has always run it."""
     from models import create_model
-    from runtime import configure_precision, resolve_device
+    from engine.devices import configure_precision, resolve_device
 
     resolved = resolve_device(device)
     configure_precision(precision)

@@ -1,0 +1,1 @@
+"""What people look at: overlays, per-image panels and overviews (`visualization`)."""
