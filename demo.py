@@ -23,7 +23,6 @@ import csv
 import io
 import os
 import shlex
-import sys
 import threading
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -32,9 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from models.registry import DEFAULT_METHOD
+from utils import run_cli
+
 ROOT = Path(__file__).resolve().parent
-FIXTURES = {"vip2": ROOT / "tests" / "fixtures" / "vip2_tiny", "vcp": ROOT / "tests" / "fixtures" / "vcp_tiny"}
-FIXTURE_SETTINGS = "--image_size 126 --features_list 1 2 3 4"
+FIXTURES = ROOT / "tests" / "fixtures"  # a method's tiny reference fixture: FIXTURES/<method>_tiny/
+FIXTURE_SETTINGS = "--image_size 126 --features_list 1 2 3 4"  # what a fixture's README does not override
 DEFAULT_THRESHOLD = 0.5
 MASK_COLOUR = np.array([255, 0, 0], dtype=np.float32)
 SCORE_COLUMNS = ("name", "image_score", "raw_score", "max_pixel_score", "defect_area_percent")
@@ -50,7 +52,7 @@ class DemoError(ValueError):
 class ModelSpec:
     """Which model to run: an exported file, or a method's checkpoint on CLIP weights with setting flags."""
 
-    method: str = "vip2"
+    method: str = DEFAULT_METHOD
     checkpoint: str = ""
     clip_weights: str = "openai"
     settings: str = ""  # the method's model flags, as on predict.py's command line
@@ -307,15 +309,25 @@ def build_app(defaults: ModelSpec, work_dir: str | None = None):
 
 # ---------------------------------------------------------------- command line
 
-def build_parser() -> argparse.ArgumentParser:
-    from engine.devices import DEVICE_HELP
+def fixture_folder(method: str) -> Path | None:
+    folder = FIXTURES / f"{method}_tiny"
+    return folder if (folder / "init.pth").is_file() and (folder / "clip_tiny.npz").is_file() else None
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def fixture_settings(folder: Path) -> str:
+    """The model flags a fixture was made with: its `demo_settings.txt` when it has one."""
+    custom = folder / "demo_settings.txt"
+    return custom.read_text().strip() if custom.is_file() else FIXTURE_SETTINGS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.cli import add_checkpoint_flags, add_device_flag
     from models import method_names
 
-    parser.add_argument("--model", choices=method_names(), default="vip2", help="the method of --checkpoint_path")
-    parser.add_argument("--checkpoint_path", default="", help="train.py's epoch_{n}.pth or an authors' release")
-    parser.add_argument("--clip_weights", default="openai", help="CLIP weights for the checkpoint (as in predict.py)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=method_names(), default=DEFAULT_METHOD,
+                        help="the method of --checkpoint_path")
+    add_checkpoint_flags(parser)
     parser.add_argument("--settings", default="", metavar="FLAGS",
                         help=f"the method's model flags as one string, e.g. '{FIXTURE_SETTINGS}'")
     parser.add_argument("--onnx", "--openvino", dest="exported", default="", metavar="FILE",
@@ -323,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo_fixture", action="store_true",
                         help="the test fixture's tiny model of --model (random-like weights: the maps mean nothing, "
                              "but the page works with no download)")
-    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_device_flag(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs internet)")
@@ -332,12 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args) -> ModelSpec:
     if args.demo_fixture:
-        folder = FIXTURES.get(args.model)
+        folder = fixture_folder(args.model)
         if folder is None:
-            raise DemoError(f"--demo_fixture: no fixture for --model {args.model} (choose vip2 or vcp)")
+            from models import method_names
+
+            having = [name for name in method_names() if fixture_folder(name)]
+            raise DemoError(f"--demo_fixture: no fixture for --model {args.model} (choose {' or '.join(having)})")
         return ModelSpec(method=args.model, checkpoint=str(folder / "init.pth"),
-                         clip_weights=str(folder / "clip_tiny.npz"), settings=FIXTURE_SETTINGS, device=args.device)
-    return ModelSpec(method=args.model, checkpoint=args.checkpoint_path, clip_weights=args.clip_weights,
+                         clip_weights=str(folder / "clip_tiny.npz"), settings=fixture_settings(folder),
+                         device=args.device)
+    return ModelSpec(method=args.model, checkpoint=args.checkpoint_path or "", clip_weights=args.clip_weights,
                      settings=args.settings, exported=args.exported, device=args.device)
 
 
@@ -352,16 +368,9 @@ def main(argv=None):
                        ssr_mode=False, allowed_paths=[str(app.downloads_dir)])
 
 
-def run_cli() -> None:
-    try:
-        main()
-    except Exception as error:
-        model_errors = sys.modules.get("models.errors")
-        user_errors = (ValueError,) + ((model_errors.ClipWeightsError,) if model_errors else ())
-        if not isinstance(error, user_errors):  # CheckpointError, ExportedModelError and DemoError are ValueErrors
-            raise
-        sys.exit(f"demo.py: {error}")
+def cli():
+    return run_cli(main, "demo.py")
 
 
 if __name__ == "__main__":
-    run_cli()
+    cli()

@@ -36,7 +36,8 @@ from pathlib import Path
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
 from deploy.runners import FORMAT_SUFFIXES, INPUT_NAME, OUTPUT_NAMES, ExportedModelError, ModelInfo
-from utils import HelpFormatter, OutputError, check_output_file
+from engine.cli import add_checkpoint_flags, add_overwrite_flag
+from utils import HelpFormatter, OutputError, check_output_file, run_cli
 
 OPSET = 18
 FP32_TOLERANCE = 1e-4
@@ -59,15 +60,13 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     output.add_argument("--format", choices=tuple(FORMAT_SUFFIXES), default=None,
                         help="onnx (ONNX Runtime) or openvino (an OpenVINO IR); default: what --output's suffix says")
     output.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
-                        help="fp32 (checked against PyTorch to 1e-4), or fp16: ONNX with float16 weights and "
+                        help="the exported file's arithmetic (not autocast, as --precision is in the other scripts: "
+                             "a file has one precision): fp32 (checked against PyTorch to 1e-4), or fp16: ONNX with float16 weights and "
                              "arithmetic, OpenVINO with float16 weights (the device picks its precision)")
-    output.add_argument("--overwrite", action="store_true", help="replace an existing --output (refused otherwise)")
+    add_overwrite_flag(output, "an existing --output")
     model = parser.add_argument_group(f"model ({method.title}; settings a train.py checkpoint records are read "
                                       "from it)")
-    model.add_argument("--checkpoint_path", required=True,
-                       help="train.py's epoch_{n}.pth or one of the authors' released files")
-    model.add_argument("--clip_weights", default="openai",
-                       help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    add_checkpoint_flags(model, required=True)
     add_setting_flags(model, method.config, "test")
     return parser
 
@@ -342,14 +341,9 @@ def main(argv=None) -> dict:
     return export_model(model, output, args.format, args.precision, checkpoint=args.checkpoint_path)
 
 
-def run_cli() -> None:
-    from models import CheckpointError, ClipWeightsError
-
-    try:
-        main()
-    except (CheckpointError, ClipWeightsError, OutputError, ExportedModelError, ValueError) as error:
-        sys.exit(f"export.py: {error}")
+def cli():
+    return run_cli(main, "export.py")
 
 
 if __name__ == "__main__":
-    run_cli()
+    cli()

@@ -46,7 +46,7 @@ from metric_kernels.inputs import check_shapes
 from metric_kernels.ranking import ranking_metrics
 from metric_kernels.regions import positive_regions
 from metric_kernels.undefined import UndefinedMetricWarning, warn_undefined
-from utils import atomic_write_json, nan_to_none, one_line_warning
+from utils import atomic_write_json, nan_to_none, one_line_warning, run_cli
 
 __all__ = [
     "METRIC_KEYS",
@@ -398,5 +398,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli():
+    return run_cli(main, "metrics.py", exit_status=lambda status: status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

@@ -44,14 +44,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.devices import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
-from utils import DatasetError, OutputError, atomic_write_bytes, check_output_folder, non_negative_int, positive_int
+from engine.cli import CHECKPOINT_HELP, add_checkpoint_flags, add_device_flag, add_overwrite_flag, add_run_flags
+from utils import DatasetError, OutputError, atomic_write_bytes, check_output_folder, positive_int, run_cli
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SCORES_FILE = "scores.csv"
 SCORE_COLUMNS = ("path", "image_score", "raw_score", "max_pixel_score", "overlay", "map")
 GLOB_CHARACTERS = frozenset("*?[")
-MAX_DEFAULT_WORKERS = 4  # decoding keeps up with the model well before that
 # Per-file failures that mean "this file is not a readable image"; anything else is a bug and propagates.
 UNREADABLE = (DatasetError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 EXPORTED_FLAGS = ("--onnx", "--openvino")
@@ -63,8 +62,7 @@ def _add_io_flags(parser) -> None:
     parser.add_argument("--save_raw", action="store_true", help="also write each map as NAME.npy (float32 [S, S])")
     parser.add_argument("--color_scale", choices=("fixed", "image"), default="fixed",
                         help="overlay colours: fixed [0, 1] (comparable across images), or each map's own min-max")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier run's scores.csv and overlays in --out (refused otherwise)")
+    add_overwrite_flag(parser, "an earlier run's scores.csv and overlays in --out")
 
 
 def _add_exported_flags(group) -> None:
@@ -85,19 +83,11 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     _add_io_flags(parser)
     model = parser.add_argument_group(f"model ({method.title}; settings a train.py checkpoint records are read "
                                       "from it)")
-    model.add_argument("--checkpoint_path",
-                       help="train.py's epoch_{n}.pth or one of the authors' released files (required unless "
-                            "--onnx or --openvino is given)")
+    add_checkpoint_flags(model, checkpoint_help=CHECKPOINT_HELP + " (required unless --onnx or --openvino is given)")
     _add_exported_flags(model)
-    model.add_argument("--clip_weights", default="openai",
-                       help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
     add_setting_flags(model, method.config, "test")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help=DEVICE_HELP)
-    run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
-    run.add_argument("--batch_size", type=positive_int, default=None, help=BATCH_SIZE_HELP)
-    run.add_argument("--num_workers", type=non_negative_int, default=None,
-                     help="image-loading processes (default: 0 on CPU, up to 4 with a GPU)")
+    add_run_flags(run)
     return parser
 
 
@@ -108,10 +98,10 @@ def build_exported_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("exported model (method and settings are read from the file)")
     _add_exported_flags(model)
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto",
-                     help="ONNX Runtime: 'cpu' (auto) or 'cuda' (onnxruntime-gpu); OpenVINO: 'cpu' (auto) or a device "
+    add_device_flag(run, help="ONNX Runtime: 'cpu' (auto) or 'cuda' (onnxruntime-gpu); OpenVINO: 'cpu' (auto) or a device "
                           "name such as GPU")
-    run.add_argument("--batch_size", type=positive_int, default=8, help="images per run of the model")
+    run.add_argument("--batch_size", type=positive_int, default=8,
+                     help="images per run of the model (8: an exported runtime has no device to pick a default by)")
     return parser
 
 
@@ -371,7 +361,7 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
 
     from engine import distributed
     from deploy.runners import normalize_over_set
-    from engine.devices import default_batch_size, default_workers
+    from engine.devices import default_batch_size, loader_workers
     from utils import setup_logger
 
     out_dir = Path(args.out)
@@ -381,11 +371,9 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
         logger.warning("no image found for %s (not a file, a folder with images, or a matching glob)", argument)
     size = info.image_size
     device = getattr(runner, "device", None)
-    on_gpu = getattr(device, "type", None) == "cuda"
     batch_size = args.batch_size or (default_batch_size(device) if device is not None else 8)
-    workers = getattr(args, "num_workers", 0)
-    if workers is None:  # on a CPU the model needs every core; decoding in parallel pays off only beside a GPU
-        workers = min(MAX_DEFAULT_WORKERS, default_workers()) if on_gpu else 0
+    requested = getattr(args, "num_workers", None)  # an exported file's run has no --num_workers: no loaders
+    workers = loader_workers(requested, device) if device is not None else 0
     all_batches = distributed.batches_of_rank(len(paths), batch_size, distributed.SINGLE)
     mine = distributed.batches_of_rank(len(paths), batch_size, context)
     if len(mine) <= 1:  # one batch: starting loader processes would cost more than it saves
@@ -437,22 +425,10 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
     return distributed.broadcast_count(len(rows), context)
 
 
-def _user_errors() -> tuple[type, ...]:
-    """Errors that are the user's to fix (one line, no traceback); models' are known only if it was imported."""
-    errors = (OutputError, ValueError)  # CheckpointError and runners.ExportedModelError are ValueErrors
-    model_errors = sys.modules.get("models.errors")
-    return errors + ((model_errors.ClipWeightsError,) if model_errors else ())
-
-
-def run_cli() -> None:
-    try:
-        processed = main()
-    except Exception as error:
-        if not isinstance(error, _user_errors()):
-            raise
-        sys.exit(f"predict.py: {error}")
-    sys.exit(0 if processed else 1)
+def cli():
+    """Exit status 1 when no image at all could be processed."""
+    return run_cli(main, "predict.py", exit_status=lambda processed: 0 if processed else 1)
 
 
 if __name__ == "__main__":
-    run_cli()
+    cli()

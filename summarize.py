@@ -34,7 +34,7 @@ from pathlib import Path
 
 from models import DEFAULT_METHOD, get_method, method_names
 from models.paper import COLUMN_TITLES
-from utils import atomic_write_bytes
+from utils import atomic_write_bytes, run_cli
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
@@ -237,5 +237,9 @@ def main(argv=None) -> str:
     return summary
 
 
+def cli():
+    return run_cli(main, "summarize.py")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

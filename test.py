@@ -24,10 +24,8 @@ from pathlib import Path
 import metrics
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from engine.devices import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
-from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder,
-                   non_negative_int, positive_int)
-from utils import run_cli as run_cli_of
+from engine.cli import add_checkpoint_flags, add_overwrite_flag, add_run_flags
+from utils import HelpFormatter, OutputError, check_output_file, check_output_folder, non_negative_int, run_cli
 
 RESULTS_FILE = "results.json"
 FIGURES = "visualization"
@@ -48,9 +46,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                            "tables (default: the root's meta.json, labelled with the folder's name)")
     data.add_argument("--save_path", default="./results", help="folder for log.txt, results.json and figures")
     model = parser.add_argument_group(f"model ({method.title}; settings a checkpoint records are read from it)")
-    model.add_argument("--checkpoint_path", help="train.py's epoch_{n}.pth or one of the authors' released files")
-    model.add_argument("--clip_weights", default="openai",
-                       help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    add_checkpoint_flags(model)
     add_setting_flags(model, method.config, "test")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--metrics", choices=tuple(metrics.LEVELS), default="image-pixel-level",
@@ -62,14 +58,8 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     evaluation.add_argument("--visualize", action="store_true", help="write image | map | ground-truth panels per class")
     evaluation.add_argument("--vis_max", type=non_negative_int, default=8, help="panels per class with --visualize")
     run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help=DEVICE_HELP)
-    run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
-    run.add_argument("--batch_size", type=positive_int, default=None, help=BATCH_SIZE_HELP)
-    run.add_argument("--num_workers", type=non_negative_int, default=None,
-                     help="data-loading processes (default: the CPUs available, at most 16; 0 on a CPU-only run, "
-                          "where decoding would compete with the model for the cores)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace an earlier run's results in --save_path and an existing --save_maps file")
+    add_run_flags(run)
+    add_overwrite_flag(run, "an earlier run's results in --save_path and an existing --save_maps file")
     return parser
 
 
@@ -119,7 +109,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     from engine.inference import loader_chunk, predict_dataset, save_maps, warm_up
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
-    from engine.devices import (configure_precision, default_batch_size, default_workers, memory_note, peak_gpu_memory_gb,
+    from engine.devices import (configure_precision, default_batch_size, loader_workers, memory_note, peak_gpu_memory_gb,
                          reset_peak_gpu_memory, shared_memory_warning)
     from utils import atomic_write_json, nan_to_none, setup_logger
 
@@ -145,9 +135,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     logger.info("settings: %s", json.dumps(model.recorded_config()))
 
     batch_size = args.batch_size or default_batch_size(device)
-    workers = args.num_workers
-    if workers is None:
-        workers = default_workers() if device.type == "cuda" else 0
+    workers = loader_workers(args.num_workers, device)
     shm_warning = shared_memory_warning(workers, loader_chunk(batch_size, workers), config.image_size)
     if shm_warning:
         logger.warning(shm_warning)
@@ -242,9 +230,9 @@ def smoke(args) -> dict:
     return results
 
 
-def run_cli() -> None:
-    run_cli_of(main, "test.py")
+def cli():
+    return run_cli(main, "test.py")
 
 
 if __name__ == "__main__":
-    run_cli()
+    cli()

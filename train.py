@@ -19,10 +19,9 @@ from pathlib import Path
 
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from engine.devices import CACHE_MODES, DEVICE_HELP, PRECISION_HELP, PRECISIONS
-from utils import (HelpFormatter, OutputError, atomic_write_json, check_output_folder,
-                   non_negative_int, positive_int)
-from utils import run_cli as run_cli_of
+from engine.cli import add_clip_weights_flag, add_overwrite_flag, add_run_flags
+from engine.devices import CACHE_MODES
+from utils import HelpFormatter, OutputError, atomic_write_json, check_output_folder, positive_int, run_cli
 
 TRAIN_SPLIT = "test"  # both references train on the auxiliary dataset's annotated test split
 RUN_FILES = ("log.txt", "losses.json", "train_stats.json", "validation.json")
@@ -44,8 +43,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                            "logged only, it selects nothing")
     data.add_argument("--val_dataset", default=None, help="picks meta_<val_dataset>.json in --val_data_path")
     model = parser.add_argument_group(f"model ({method.title})")
-    model.add_argument("--clip_weights", default="openai",
-                       help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
+    add_clip_weights_flag(model)
     model.add_argument("--init_checkpoint", default=None,
                        help="start from these weights (this project's or the authors' released layout)")
     add_setting_flags(model, method.config, "train")
@@ -54,16 +52,12 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     run = parser.add_argument_group("run")
     run.add_argument("--print_freq", type=positive_int, default=1, help="log the mean losses every N epochs")
     run.add_argument("--save_freq", type=positive_int, default=1, help="save epoch_{n}.pth every N epochs (the last always)")
-    run.add_argument("--device", default="auto", help=DEVICE_HELP)
-    run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    add_run_flags(run, batch_size=False)  # the batch is a training hyperparameter (--batch_size above)
     run.add_argument("--cache_features", choices=CACHE_MODES, default="auto",
                      help="keep the frozen backbone's features after epoch 1: on the GPU, in host memory, or not "
                           "at all; 'auto' picks the first with room (within this process's memory limits), and "
                           "none for a single epoch or when augmenting")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace an earlier run's checkpoints and logs in --save_path (refused otherwise)")
-    run.add_argument("--num_workers", type=non_negative_int, default=None,
-                     help="data-loading processes (default: the CPUs available, at most 16)")
+    add_overwrite_flag(run, "an earlier run's checkpoints and logs in --save_path")
     return parser
 
 
@@ -123,7 +117,7 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
     from engine import distributed
     from models import create_model
     from models.checkpoint import save_checkpoint
-    from engine.devices import (configure_precision, default_workers, memory_note, peak_gpu_memory_gb,
+    from engine.devices import (configure_precision, loader_workers, memory_note, peak_gpu_memory_gb,
                          reset_peak_gpu_memory, set_seed, shared_memory_warning)
     from engine.training import Trainer
     from utils import setup_logger
@@ -152,7 +146,7 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
                        dataset.meta_path, TRAIN_SPLIT)
     optimizer = model.make_optimizer(training)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    workers = default_workers() if args.num_workers is None else args.num_workers
+    workers = loader_workers(args.num_workers, device)
     shm_warning = shared_memory_warning(workers, training.batch_size, image_size)
     if shm_warning:
         logger.warning(shm_warning)
@@ -201,9 +195,9 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
     return last_saved
 
 
-def run_cli() -> None:
-    run_cli_of(main, "train.py")
+def cli():
+    return run_cli(main, "train.py")
 
 
 if __name__ == "__main__":
-    run_cli()
+    cli()

@@ -198,12 +198,23 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = True
     return path
 
 
-def run_cli(main, script: str):
-    """Run a script's `main`: bad input (every project error is a ValueError) ends in one line naming the
-    fix, not a traceback; Ctrl-C ends quietly (files are written atomically, so none is left half done)."""
+INTERRUPTED_STATUS = 130  # what a shell reports for a process ended by Ctrl-C (128 + SIGINT)
+
+
+def run_cli(main, script: str, exit_status=None, on_interrupt=None):
+    """Run a script's `main`, the one way every script ends: bad input (every project error is a ValueError,
+    raised by library code) ends in one line naming the fix, not a traceback; Ctrl-C ends in one line and
+    status 130 (files are written atomically, so none is left half done; `on_interrupt` may say or tidy what a
+    run leaves partial). `exit_status(result)`, when given, turns main's result into the exit status."""
     try:
-        return main()
+        result = main()
     except ValueError as error:
         raise SystemExit(f"{script}: {error}") from None
     except KeyboardInterrupt:
-        raise SystemExit(f"{script}: interrupted; every file written so far is complete (atomic writes)") from None
+        note = on_interrupt() if on_interrupt else None
+        print(f"{script}: interrupted; every file written so far is complete (atomic writes)"
+              + (f"; {note}" if note else ""), file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED_STATUS) from None
+    if exit_status is not None:
+        raise SystemExit(exit_status(result))
+    return result

@@ -48,15 +48,25 @@ def set_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """`auto` (or None) picks CUDA when available; an unavailable CUDA request is an error, not a silent CPU run."""
+class DeviceError(ValueError):
+    """A --device that cannot be used here; the scripts print it as one line."""
+
+
+def resolve_device(name) -> torch.device:
+    """`auto` (or None) picks CUDA when available; an unavailable CUDA request is an error, not a silent CPU run.
+    A `torch.device` is returned as it is: a device is resolved once, after parsing."""
     import torch
 
+    if isinstance(name, torch.device):
+        return name
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"--device {name}: not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: no CUDA device is available here; use --device cpu")
+        raise DeviceError(f"--device {name}: no CUDA device is available here; use --device cpu")
     return device
 
 
@@ -137,8 +147,16 @@ def available_cpus() -> int:
 
 
 def default_workers() -> int:
-    """Data-loading processes when --num_workers is not given."""
+    """Data-loading processes a GPU run uses when --num_workers is not given."""
     return min(MAX_LOADER_WORKERS, available_cpus())
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """--num_workers, or its default: none on a CPU-only run (decoding would compete with the model for the
+    cores: measured fastest there), `default_workers()` with a GPU."""
+    if requested is not None:
+        return requested
+    return default_workers() if device.type == "cuda" else 0
 
 
 LOADER_PREFETCH = 2  # torch DataLoader's prefetch_factor: batches each worker may hold ready

@@ -11,7 +11,6 @@ import os
 
 import torch
 
-from engine.devices import CACHE_MODES  # noqa: F401  (the flag's choices, declared with the other run settings)
 
 
 def _first_int(path: str) -> int | None:

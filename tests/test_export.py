@@ -96,7 +96,7 @@ def test_an_existing_output_is_refused_before_any_work(tmp_path, monkeypatch, ca
     output.write_bytes(b"earlier")
     monkeypatch.setattr("sys.argv", ["export.py", *model_args("vip2"), "--output", str(output)])
     with pytest.raises(SystemExit) as exit_info:
-        export.run_cli()
+        export.cli()
     message = str(exit_info.value.code)
     assert message.startswith("export.py: --output") and "--overwrite" in message and "\n" not in message
     assert output.read_bytes() == b"earlier"
@@ -108,7 +108,7 @@ def test_a_bad_checkpoint_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["export.py", "--checkpoint_path", str(tmp_path / "nope.pth"),
                                      "--output", str(output)])
     with pytest.raises(SystemExit) as exit_info:
-        export.run_cli()
+        export.cli()
     message = str(exit_info.value.code)
     assert message == f"export.py: --checkpoint_path {tmp_path / 'nope.pth'}: no such file"
     assert not list(tmp_path.iterdir())
@@ -229,7 +229,7 @@ sys.meta_path.insert(0, Blocker())
 sys.path.insert(0, {root!r})
 sys.argv = ["predict.py", *{args!r}]
 import predict
-predict.run_cli()
+predict.cli()
 """
 
 

@@ -107,7 +107,7 @@ def test_exit_status_when_nothing_can_be_processed(image_folder, tmp_path, monke
     monkeypatch.setattr("sys.argv", ["predict.py", str(image_folder["corrupt"]), str(tmp_path / "missing.png"),
                                      "--out", str(tmp_path / "out"), *MODEL_ARGS])
     with pytest.raises(SystemExit) as exit_info:
-        predict.run_cli()
+        predict.cli()
     assert exit_info.value.code == 1
     assert not (tmp_path / "out" / predict.SCORES_FILE).exists()
 
@@ -116,7 +116,7 @@ def test_checkpoint_error_is_one_clear_line(image_folder, tmp_path, monkeypatch)
     monkeypatch.setattr("sys.argv", ["predict.py", str(image_folder["root"]), "--out", str(tmp_path / "out"),
                                      "--checkpoint_path", str(tmp_path / "nope.pth")])
     with pytest.raises(SystemExit) as exit_info:
-        predict.run_cli()
+        predict.cli()
     message = str(exit_info.value.code)
     assert message.startswith("predict.py: --checkpoint_path") and "nope.pth" in message and "\n" not in message
     assert not (tmp_path / "out").exists()  # nothing is created before the inputs are checked

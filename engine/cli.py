@@ -1,0 +1,45 @@
+"""The command-line surface the scripts share: each shared flag declared once, here (detectron2's shared argument
+groups are the model followed). torch-free, so that every script's `--help` starts at once.
+
+A script builds its own groups and calls these helpers for the flags it shares with the others; a default that
+differs between scripts is given by the caller together with the help text saying why.
+"""
+from __future__ import annotations
+
+from engine.devices import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from utils import non_negative_int, positive_int
+
+CLIP_WEIGHTS_HELP = "OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'"
+CHECKPOINT_HELP = "train.py's epoch_{n}.pth or one of the authors' released files"
+WORKERS_HELP = ("data-loading processes (default: 0 on a CPU-only run, where decoding would compete with the model "
+                "for the cores; with a GPU the CPUs available, at most {cap})")
+
+
+def add_checkpoint_flags(group, *, required: bool = False, checkpoint_help: str = CHECKPOINT_HELP) -> None:
+    """--checkpoint_path and --clip_weights: what a trained model is made of."""
+    group.add_argument("--checkpoint_path", required=required, help=checkpoint_help)
+    add_clip_weights_flag(group)
+
+
+def add_clip_weights_flag(group) -> None:
+    group.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)
+
+
+def add_device_flag(group, help: str = DEVICE_HELP) -> None:
+    group.add_argument("--device", default="auto", help=help)
+
+
+def add_run_flags(group, *, batch_size: bool = True, workers_help: str | None = None) -> None:
+    """--device, --precision, --batch_size and --num_workers, as every script that runs a model takes them."""
+    from engine.devices import MAX_LOADER_WORKERS
+
+    add_device_flag(group)
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
+    if batch_size:
+        group.add_argument("--batch_size", type=positive_int, default=None, help=BATCH_SIZE_HELP)
+    group.add_argument("--num_workers", type=non_negative_int, default=None,
+                       help=workers_help or WORKERS_HELP.format(cap=MAX_LOADER_WORKERS))
+
+
+def add_overwrite_flag(group, what: str) -> None:
+    group.add_argument("--overwrite", action="store_true", help=f"replace {what} (refused otherwise)")
