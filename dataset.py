@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from deploy.image_io import open_image, read_image_array, resize_to_input, to_8bit_mode
 from utils import DatasetError
 
 META_FILE = "meta.json"
@@ -197,38 +198,15 @@ def check_files(samples: list[Sample], root: Path, meta_path: Path) -> None:
                                            f"remove the items from {meta_path.name}"))
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"cannot read image {path}: {error}. Re-download or remove it from the meta file") \
-            from error
-    return image
-
-
-def to_8bit_mode(image: Image.Image) -> Image.Image:
-    """Bring modes the reference pipeline would mangle into ones PIL resizes properly."""
-    if image.mode in ("P", "PA", "1"):
-        return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "F":
-        return Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), mode="L")
-    return image
-
-
 def resize_image(image: Image.Image, size: int) -> torch.Tensor:
-    """Resize((S, S), bicubic) → RGB → `[3, S, S]` uint8: the pixels every model and export sees."""
-    image = image.resize((size, size), Image.BICUBIC).convert("RGB")
-    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    """`deploy.image_io.resize_to_input` as a tensor: the pixels every model and export sees."""
+    return torch.from_numpy(resize_to_input(image, size))
 
 
 def read_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An image file as the model's uint8 `[3, S, S]` input, and its original size."""
-    image = to_8bit_mode(_open(path))
-    return resize_image(image, size), image.size
+    """An image file as the model's uint8 `[3, S, S]` input, and its original size (`deploy.image_io`)."""
+    pixels, original_size = read_image_array(path, size)
+    return torch.from_numpy(pixels), original_size
 
 
 def anomalous_pixels(mask: Image.Image) -> np.ndarray:
@@ -251,7 +229,7 @@ def anomalous_pixels(mask: Image.Image) -> np.ndarray:
 
 def read_mask(path: Path, image_size: tuple[int, int], image_path: Path) -> np.ndarray:
     """A mask file as a boolean array of its image's size."""
-    mask = _open(path)
+    mask = open_image(path)
     if mask.size != image_size:
         raise DatasetError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} is "
                            f"{image_size[0]}x{image_size[1]}: fix the pairing in the meta file or the mask file")
@@ -262,11 +240,6 @@ def resize_mask(binary: np.ndarray, size: int) -> torch.Tensor:
     """Boolean mask → 0/255 → Resize((S, S)) bilinear → > 0.5: `[S, S]` uint8 in {0, 1}."""
     resized = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").resize((size, size), Image.BILINEAR)
     return torch.from_numpy((np.asarray(resized, dtype=np.float32) / 255.0 > 0.5).astype(np.uint8))
-
-
-def load_mask(path: Path, size: int, image_size: tuple[int, int], image_path: Path) -> torch.Tensor:
-    """A mask file at the model's size, `[S, S]` uint8 in {0, 1}."""
-    return resize_mask(read_mask(path, image_size, image_path), size)
 
 
 class AnomalyDataset(torch.utils.data.Dataset):
@@ -302,7 +275,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def _decode(self, sample: Sample) -> tuple[Image.Image, np.ndarray]:
         """The image (in its own mode, 8 bit) and its boolean mask at the image's size."""
         image_path = self.root / sample.img_path
-        image = to_8bit_mode(_open(image_path))
+        image = to_8bit_mode(open_image(image_path))
         if sample.anomaly and sample.mask_path:
             mask = read_mask(self.root / sample.mask_path, image.size, image_path)
             if not mask.any():

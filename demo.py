@@ -142,7 +142,7 @@ def analyse(runner, items: list[tuple[Path, str]], batch_size: int = 8) -> tuple
     import predict
     from reporting import visualization
     from deploy.image_io import read_image_array
-    from deploy.runners import normalize_over_set
+    from engine.set_normalization import normalize_over_set
 
     images, names, problems = [], [], []
     for path, name in items:

@@ -360,7 +360,7 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from engine import distributed
-    from deploy.runners import normalize_over_set
+    from engine.set_normalization import normalize_over_set
     from engine.devices import default_batch_size, loader_workers
     from utils import setup_logger
 

@@ -1,8 +1,7 @@
 """Image files as the model's uint8 input, with NumPy and PIL only (no torch).
 
-The same pixels as `dataset.read_image` (tests/test_export_runtime.py holds them equal for
-every image mode), so that `predict.py --onnx` and `demo.py` run on a machine without
-PyTorch. The steps, which an exported model's user can copy (README, 'Deploy'):
+The one implementation of image reading: `dataset.py` wraps it in tensors, and `predict.py
+--onnx` and `demo.py` use it on a machine without PyTorch. The steps, which an exported model's user can copy (README, 'Deploy'):
 
     image = PIL.Image.open(path)                  # palette / 16-bit / float modes first go to 8 bit (below)
     image = image.resize((S, S), PIL.Image.BICUBIC).convert("RGB")
@@ -32,8 +31,8 @@ def open_image(path: str | Path) -> Image.Image:
 def to_8bit_mode(image: Image.Image) -> Image.Image:
     """Modes PIL would resize badly (palette, 1-bit, 16/32-bit integer, float) brought to 8-bit ones first.
 
-    As `dataset.to_8bit_mode`: palettes and 1-bit to RGB(A) (PIL resizes them with nearest
-    neighbour), integers divided by 257, floats clipped."""
+    Palettes and 1-bit to RGB(A) (PIL resizes them with nearest neighbour), integers divided
+    by 257, floats clipped."""
     if image.mode in ("P", "PA", "1"):
         return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
     if image.mode.startswith("I;16") or image.mode == "I":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 EXPORT_FORMAT = "zsas-export/1"
 METADATA_PREFIX = "zsas."  # ONNX metadata_props keys; OpenVINO keeps the same keys under rt_info["zsas"]
 OPENVINO_RT_INFO = "zsas"
@@ -69,24 +70,6 @@ class ModelInfo:
                 raise ExportedModelError(f"{path}: its metadata {key}={text!r} is not valid; export it again "
                                          "with export.py") from None
         return cls(**values)
-
-
-def normalize_over_set(maps: np.ndarray, scores: np.ndarray, classes=None) -> tuple[np.ndarray, np.ndarray]:
-    """Min-max maps and scores over the evaluated set, per class (all one class when `classes` is None), float32.
-
-    What `VCPCLIP.finalize` computes: a class whose maps are constant gets zero maps; scores
-    are divided as the reference does, so a one-image class gets NaN (undefined)."""
-    maps, scores = np.asarray(maps, dtype=np.float32), np.asarray(scores, dtype=np.float32)
-    names = ["all"] * len(scores) if classes is None else list(classes)
-    normalised_maps, normalised_scores = np.empty_like(maps), np.empty_like(scores)
-    for name in dict.fromkeys(names):
-        index = np.array([i for i, other in enumerate(names) if other == name])
-        class_maps, class_scores = maps[index], scores[index]
-        low, high = class_maps.min(), class_maps.max()
-        normalised_maps[index] = (class_maps - low) / (high - low) if high > low else np.zeros_like(class_maps)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            normalised_scores[index] = (class_scores - class_scores.min()) / (class_scores.max() - class_scores.min())
-    return normalised_maps, normalised_scores
 
 
 class Runner:

@@ -87,9 +87,15 @@ class AnomalyModel(nn.Module):
         raise NotImplementedError
 
     def finalize(self, outputs: dict, cls_names) -> dict:
-        """Dataset-level post-processing of `test.py`'s outputs (maps and scores of every image,
-        in order; `cls_names` per image). Nothing for most methods."""
-        return outputs
+        """Dataset-level post-processing of `test.py`'s outputs (maps and scores of every image, in order;
+        `cls_names` per image): the per-class min-max over the set for a method with `set_normalization`
+        (the same function predict.py, the demo and exported files' runs use), nothing for the others."""
+        if not self.set_normalization:
+            return outputs
+        from engine.set_normalization import normalize_over_set
+
+        maps, scores = normalize_over_set(outputs["anomaly_maps"], outputs["image_scores"], cls_names)
+        return dict(outputs, anomaly_maps=maps, image_scores=scores, image_scores_unnormalized=outputs["image_scores"])
 
     # ------------------------------------------------------------------ training
     def extract_features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

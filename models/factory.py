@@ -42,7 +42,7 @@ def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | o
     Returns the model in eval mode, on `device` when given.
     """
     from .checkpoint import read_checkpoint
-    from .clip_loader import build_clip, read_clip_state_dict, resolve_clip_weights
+    from .clip_loader import load_clip
 
     method = get_method(name)
     model_class = method.model_class()
@@ -52,7 +52,7 @@ def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | o
         checkpoint = read_checkpoint(path, checkpoint_flag)
     config = resolve_config(name, checkpoint, path, checkpoint_flag, **settings)
     if clip is None:
-        clip = build_clip(read_clip_state_dict(resolve_clip_weights(clip_weights)), quick_gelu=model_class.quick_gelu)
+        clip = load_clip(clip_weights, quick_gelu=model_class.quick_gelu)
     try:
         model = model_class(clip, config)
     except ValueError as error:

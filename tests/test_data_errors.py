@@ -10,7 +10,7 @@ import torch
 from conftest import FIXTURE, FIXTURE_SETTINGS, normalized, run_script
 from PIL import Image
 
-from dataset import AnomalyDataset, DatasetError, load_mask, read_image
+from dataset import AnomalyDataset, DatasetError, read_image, read_mask, resize_mask
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def test_masks_of_any_mode_mark_nonzero_pixels(tmp_path, mode):
     else:
         mask = Image.fromarray(binary.astype(np.uint8) * 255, mode="L").convert(mode)
     mask.save(tmp_path / "m.png")
-    out = load_mask(tmp_path / "m.png", 40, (40, 40), tmp_path / "img.png")
+    out = resize_mask(read_mask(tmp_path / "m.png", (40, 40), tmp_path / "img.png"), 40)
     np.testing.assert_array_equal(out.numpy().astype(bool), binary)
 
 
@@ -225,5 +225,5 @@ def test_rgba_masks(tmp_path, background, defect):
     rgba[:] = background
     rgba[binary] = defect
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "m.png")
-    out = load_mask(tmp_path / "m.png", 40, (40, 40), tmp_path / "img.png")
+    out = resize_mask(read_mask(tmp_path / "m.png", (40, 40), tmp_path / "img.png"), 40)
     np.testing.assert_array_equal(out.numpy().astype(bool), binary)

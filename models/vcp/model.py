@@ -152,27 +152,6 @@ class VCPCLIP(AnomalyModel):
         score = raw.flatten(1).topk(k, dim=1).values.mean(dim=1) + new.flatten(1).topk(k, dim=1).values.mean(dim=1)
         return fused, score
 
-    def finalize(self, outputs: dict, cls_names) -> dict:
-        """Min-max normalise maps and scores per class over the evaluated set (SPEC_VCP §7), in float32.
-
-        Maps whose class range is zero become zeros (the reference's `normalize`); scores are
-        divided as the reference does, so a one-image class gives NaN (reported as undefined)."""
-        maps, scores = outputs["anomaly_maps"], outputs["image_scores"]
-        normalised_maps, normalised_scores = torch.empty_like(maps), torch.empty_like(scores)
-        names = list(cls_names)
-        for cls_name in dict.fromkeys(names):
-            index = torch.tensor([i for i, name in enumerate(names) if name == cls_name], device=maps.device)
-            class_maps = maps.index_select(0, index)
-            low, high = class_maps.min(), class_maps.max()
-            normalised_maps.index_copy_(0, index, (class_maps - low) / (high - low) if high > low
-                                        else torch.zeros_like(class_maps))
-            class_scores = scores.index_select(0, index)
-            normalised_scores.index_copy_(0, index, (class_scores - class_scores.min())
-                                          / (class_scores.max() - class_scores.min()))
-        outputs = dict(outputs, anomaly_maps=normalised_maps, image_scores=normalised_scores,
-                       image_scores_unnormalized=scores)
-        return outputs
-
     def validation_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per branch, the abnormal probability summed over layers (the reference's per-epoch validation)."""
         post, pre = self.branch_logits(self.extract_features(images))
