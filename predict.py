@@ -361,7 +361,7 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
 
     from engine import distributed
     from engine.set_normalization import normalize_over_set
-    from engine.devices import default_batch_size, loader_workers
+    from engine.devices import default_batch_size, loader_workers, log_machine
     from utils import setup_logger
 
     out_dir = Path(args.out)
@@ -382,6 +382,8 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
     results = gathered(model_outputs(image_batches(ImageFiles(paths, size), mine, workers), runner), rounds, context)
     logger.info("predicting %d image(s) with %s at %dx%d (%s%s); outputs in %s", len(paths), info.title, size, size,
                 runner.description, f", {context.world_size} processes" if context.enabled else "", out_dir)
+    if device is not None:
+        log_machine(logger, args.precision, device)
     # A method that normalises over the evaluated set (VCP-CLIP) needs every map before drawing any.
     over_set = info.set_normalization
     if over_set and len(paths) < 2:

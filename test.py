@@ -109,8 +109,8 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     from engine.inference import loader_chunk, predict_dataset, save_maps, warm_up
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
-    from engine.devices import (configure_precision, default_batch_size, loader_workers, memory_note, peak_gpu_memory_gb,
-                         reset_peak_gpu_memory, shared_memory_warning)
+    from engine.devices import (configure_precision, default_batch_size, loader_workers, log_machine, memory_note,
+                                peak_gpu_memory_gb, reset_peak_gpu_memory, shared_memory_warning)
     from utils import atomic_write_json, nan_to_none, setup_logger
 
     checkpoint = read_checkpoint(args.checkpoint_path)
@@ -133,6 +133,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
                 method.title, len(dataset), len(dataset.class_names), dataset.meta_path, device, processes,
                 args.precision)
     logger.info("settings: %s", json.dumps(model.recorded_config()))
+    log_machine(logger, args.precision, device)
 
     batch_size = args.batch_size or default_batch_size(device)
     workers = loader_workers(args.num_workers, device)

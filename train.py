@@ -117,8 +117,8 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
     from engine import distributed
     from models import create_model
     from models.checkpoint import save_checkpoint
-    from engine.devices import (configure_precision, loader_workers, memory_note, peak_gpu_memory_gb,
-                         reset_peak_gpu_memory, set_seed, shared_memory_warning)
+    from engine.devices import (configure_precision, loader_workers, log_machine, memory_note, peak_gpu_memory_gb,
+                                reset_peak_gpu_memory, set_seed, shared_memory_warning)
     from engine.training import Trainer
     from utils import setup_logger
 
@@ -160,6 +160,7 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
                 args.precision, dataset.augmentation or "none")
     logger.info("settings: %s", json.dumps(model.recorded_config()))
     logger.info("training: %s", json.dumps(vars(training)))
+    log_machine(logger, args.precision, device)
 
     reset_peak_gpu_memory(device)
     history, scores, last_saved, start = [], [], None, time.time()

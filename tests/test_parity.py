@@ -74,7 +74,9 @@ def test_test_cli_reproduces_init_outputs(clip_pt, tmp_path, expected):
                "--clip_weights", clip_pt, *FIXTURE_SETTINGS, "--save_path", tmp_path,
                "--save_maps", tmp_path / "maps.npz", "--num_workers", "0", "--device", "cpu")
     _check_cli_outputs(tmp_path, "init", expected, MAP_TOLERANCE)
-    assert "mean" in (tmp_path / "log.txt").read_text()
+    log = (tmp_path / "log.txt").read_text()
+    assert "mean" in log
+    assert "CPU: torch kernels" in log  # every figure's CPU features are in its log
 
 
 @pytest.mark.slow

@@ -55,3 +55,31 @@ def test_small_shared_memory_is_reported_before_loader_processes_start(monkeypat
     assert "64 MB free" in message and "--shm-size" in message and "--num_workers" in message
     assert runtime.shared_memory_warning(workers=0, images_per_task=2, image_size=518) is None
     assert runtime.shared_memory_warning(workers=2, images_per_task=1, image_size=112) is None  # 0.2 MB needed
+
+
+def test_native_bf16_needs_the_instructions_and_kernels_that_use_them(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert runtime.native_bf16({"avx512f", "avx512_bf16"}, "AVX512")
+    assert not runtime.native_bf16({"avx2", "avx512f"}, "AVX512")  # an AVX-512 CPU without bf16 instructions
+    assert not runtime.native_bf16({"avx512f", "avx512_bf16"}, "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not runtime.native_bf16({"avx512f", "avx512_bf16"}, "AVX512")
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 other\n")
+    assert runtime.cpu_flags(cpuinfo) == {"avx2", "avx512f", "avx512_bf16"}
+    assert runtime.cpu_flags(tmp_path / "missing") == set()
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    warning = runtime.precision_warning("bf16", torch.device("cpu"))
+    assert "--precision bf16" in warning and "fp32" in warning
+    assert runtime.precision_warning("fp32", torch.device("cpu")) is None
+    assert runtime.precision_warning("bf16", torch.device("cuda")) is None
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)
+    assert runtime.precision_warning("bf16", torch.device("cpu")) is None
