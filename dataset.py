@@ -10,7 +10,7 @@ Bad input is caught before any model work: every item of the meta file is checke
 (files that exist and are files, labels, a normal item carrying a mask, duplicates,
 items filed under another class's folder, image and mask sizes) and all problems are
 reported at once, each naming the item and the fix. Image modes the reference mishandles
-are converted first (README, 'Input images'):
+are converted first (docs/INPUTS.md):
 
 * palette (`P`, `PA`) and 1-bit images → RGB before resizing (PIL would resize them with
   nearest-neighbour interpolation);
@@ -210,7 +210,7 @@ def read_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
 
 
 def anomalous_pixels(mask: Image.Image) -> np.ndarray:
-    """Which pixels a mask marks, for any PIL mode (README, 'Input images').
+    """Which pixels a mask marks, for any PIL mode (docs/INPUTS.md).
 
     Single-channel and palette masks: any non-zero value or index. Masks with an alpha
     channel that is not fully opaque: the non-transparent pixels (a defect painted on a

@@ -10,7 +10,7 @@ The graph takes `image`, uint8 RGB [B, 3, S, S] (B dynamic), and returns `anomal
 float32 [B, S, S] (smoothed, as test.py reports it before any set-level step), and
 `image_score`, float32 [B]. CLIP normalisation, the whole model, the upsampling and the
 Gaussian smoothing are inside; decoding and the resize to S x S (PIL bicubic) stay
-outside (README, 'Deploy'). VCP-CLIP normalises maps and scores over the evaluated set:
+outside (docs/DEPLOY.md). VCP-CLIP normalises maps and scores over the evaluated set:
 its graph returns them before that step (predict.py --onnx applies it).
 
 After writing, the file is run with its runtime on batches of 1 and 3 images and compared
@@ -133,7 +133,7 @@ def check_dependencies(fmt: str) -> None:
     missing = [name for name in REQUIRED[fmt] if importlib.util.find_spec(name) is None]
     if missing:
         raise ExportedModelError(f"--format {fmt} needs {', '.join(missing)}: pip install {' '.join(missing)} "
-                                 "(README, 'Deploy')")
+                                 "(docs/DEPLOY.md)")
 
 
 # ---------------------------------------------------------------- export

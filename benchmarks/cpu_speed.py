@@ -8,7 +8,7 @@ For each method and architecture (random weights, 518 px input, synthetic PNGs o
 reference's way (`benchmarks/reference_loop.py`: batch 1, fp32, nn.MultiheadAttention,
 scipy smoothing per image, scikit-learn and the reference's AUPRO loop), `predict.py` (on the
 test images, overlays written), and with `--bf16` also `test.py --precision bf16` (opt-in:
-autocast moves the maps by ~2e-3, README 'Performance').
+autocast moves the maps by ~2e-3, docs/PERFORMANCE.md).
 Each is a fresh process, timed from its start to its exit, with its own peak resident
 memory. Reported: images/s end to end, model seconds per image, peak RSS, and the ratios
 the issues ask for (model step >= 1.5x faster per image, end to end >= 2x for ViT-L,

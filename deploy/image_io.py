@@ -1,7 +1,7 @@
 """Image files as the model's uint8 input, with NumPy and PIL only (no torch).
 
 The one implementation of image reading: `dataset.py` wraps it in tensors, and `predict.py
---onnx` and `demo.py` use it on a machine without PyTorch. The steps, which an exported model's user can copy (README, 'Deploy'):
+--onnx` and `demo.py` use it on a machine without PyTorch. The steps, which an exported model's user can copy (docs/DEPLOY.md):
 
     image = PIL.Image.open(path)                  # palette / 16-bit / float modes first go to 8 bit (below)
     image = image.resize((S, S), PIL.Image.BICUBIC).convert("RGB")

@@ -1,4 +1,4 @@
-"""Bad input: each case gets a clear error naming the file, or a documented handling (README 'Input images')."""
+"""Bad input: each case gets a clear error naming the file, or a documented handling (docs/INPUTS.md)."""
 from __future__ import annotations
 
 import json

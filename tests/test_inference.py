@@ -1,4 +1,4 @@
-"""test.py's inference loop (inference.py): how work is split between loader processes changes no output."""
+"""test.py's inference loop (engine/inference.py): how work is split between loader processes changes no output."""
 from __future__ import annotations
 
 import pytest

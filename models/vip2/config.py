@@ -29,7 +29,7 @@ class ViP2Config:
     image_size: int = setting(518, "input size in pixels (a multiple of the 14 px patch)",
                               type=positive_int, check=at_least(1))
     fix_quirks: bool = setting(False, "use the paper's evident intent instead of the reference's quirks "
-                                      "(README: 'Quirks'; recorded in the checkpoint)", kind="recorded")
+                                      "(docs/QUIRKS.md; recorded in the checkpoint)", kind="recorded")
     feature_map_layer: tuple[int, ...] | None = setting(
         None, "indices into --features_list averaged into the test-time anomaly map (none given: all)",
         type=non_negative_int, nargs="+")
