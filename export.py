@@ -142,19 +142,13 @@ def model_info(model, precision: str, checkpoint=None, fmt: str = "onnx") -> Mod
     import open_clip
     import torch
 
-    from models.settings import to_dict
-
     exporter = f"torch {torch.__version__}, open_clip {open_clip.__version__}, ONNX opset {OPSET}"
     if fmt == "openvino":
         import openvino
 
         exporter += f", OpenVINO {openvino.__version__}"
-    return ModelInfo(method=model.method, title=get_method(model.method).title, image_size=model.image_size,
-                     sigma=float(model.config.sigma), set_normalization=bool(model.set_normalization),
-                     precision=precision, settings=to_dict(model.config),
-                     checkpoint=Path(checkpoint).name if checkpoint else "",
-                     checkpoint_sha256=sha256_of(checkpoint) if checkpoint else "",
-                     clip_fingerprint=model.clip_fingerprint, exporter=exporter)
+    return ModelInfo.of_model(model, precision, checkpoint, exporter=exporter,
+                              checkpoint_sha256=sha256_of(checkpoint) if checkpoint else "")
 
 
 def sample_images(batch: int, size: int, seed: int = 0):
@@ -333,11 +327,11 @@ def main(argv=None) -> dict:
     from models.checkpoint import read_checkpoint
     from utils import setup_logger
 
-    read_checkpoint(args.checkpoint_path)  # an unreadable file is one line, before any log
+    checkpoint = read_checkpoint(args.checkpoint_path)  # an unreadable file is one line, before any log
     setup_logger("zsas.export", None)
     log.info("building %s from %s on CLIP %s", method.title, args.checkpoint_path, args.clip_weights)
-    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=args.checkpoint_path,
-                         device="cpu", **values_from_args(args, method.config))
+    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
+                         checkpoint_name=args.checkpoint_path, device="cpu", **values_from_args(args, method.config))
     return export_model(model, output, args.format, args.precision, checkpoint=args.checkpoint_path)
 
 

@@ -112,12 +112,43 @@ def _check_keys(keys) -> tuple:
     return keys
 
 
+def check_fpr_limit(limit: float) -> None:
+    if not (isinstance(limit, (int, float)) and 0 < limit < 1):
+        raise ValueError(f"the AUPRO FPR limit must lie strictly between 0 and 1 (the papers use {PRO_FPR_LIMIT}), "
+                         f"got {limit!r}")
+
+
+def pro_fpr_limit_flag(text: str) -> float:
+    """argparse type of --pro_fpr_limit."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    try:
+        check_fpr_limit(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def add_pro_flags(parser) -> None:
+    """--pro_mode and --pro_fpr_limit, as test.py and metrics.py take them."""
+    parser.add_argument("--pro_mode", choices=PRO_MODES, default="official",
+                        help=f"AUPRO: 'official' (the papers' protocol: {OFFICIAL_PRO_STEPS} thresholds between the "
+                             "class's min and max score, FPR below the limit, FPRs min-max rescaled; default) or "
+                             "'exact' (MVTec AD's definition: every distinct score, integrated up to the limit, "
+                             "divided by it)")
+    parser.add_argument("--pro_fpr_limit", type=pro_fpr_limit_flag, default=PRO_FPR_LIMIT, metavar="FPR",
+                        help=f"the false-positive rate up to which AUPRO integrates (default {PRO_FPR_LIMIT}, the "
+                             "references' and MVTec AD's; other values are not comparable with the papers)")
+
+
 def _check_pro_mode(pro_mode: str) -> None:
     if pro_mode not in PRO_MODES:
         raise ValueError(f"pro_mode must be one of {PRO_MODES}, got {pro_mode!r}")
 
 
-def _pixel_metrics(anomaly_maps, gt_masks, wanted_keys, pro_mode, cls_name, backend) -> dict:
+def _pixel_metrics(anomaly_maps, gt_masks, wanted_keys, pro_mode, cls_name, backend, fpr_limit) -> dict:
     result = {key: math.nan for key in wanted_keys}
     ops = choose_ops(anomaly_maps, backend)
     masks = as_bool(to_numpy(gt_masks))
@@ -153,9 +184,10 @@ def _pixel_metrics(anomaly_maps, gt_masks, wanted_keys, pro_mode, cls_name, back
         regions = ops.asarray(regions)
         positive_scores = scores[labels]
         if pro_mode == "official":
-            result["pixel_aupro"] = official_aupro(groups, positive_scores, regions, n_regions, ops, cls_name)
+            result["pixel_aupro"] = official_aupro(groups, positive_scores, regions, n_regions, ops, cls_name,
+                                                   fpr_limit)
         else:
-            result["pixel_aupro"] = exact_aupro(groups, positive_scores, regions, n_regions, ops)
+            result["pixel_aupro"] = exact_aupro(groups, positive_scores, regions, n_regions, ops, fpr_limit)
     return result
 
 
@@ -179,7 +211,7 @@ def _image_metrics(image_scores, labels, wanted_keys, cls_name) -> dict:
 
 
 def class_metrics(anomaly_maps, gt_masks, image_scores, labels, *, pro_mode="official",
-                  keys=METRIC_KEYS, cls_name="", backend="auto") -> dict:
+                  keys=METRIC_KEYS, cls_name="", backend="auto", pro_fpr_limit=PRO_FPR_LIMIT) -> dict:
     """Metrics of one class as fractions in [0, 1] (pixel_threshold: a map score); NaN (with a
     warning) where undefined.
 
@@ -187,15 +219,18 @@ def class_metrics(anomaly_maps, gt_masks, image_scores, labels, *, pro_mode="off
     gt_masks: [N, H, W] in {0, 1}; image_scores, labels: [N]. Maps and masks may be None
     when no pixel metric is asked for, scores and labels when no image metric is.
     backend: "auto" (torch for CUDA tensors, numpy otherwise), "numpy" or "torch".
+    pro_fpr_limit: the FPR up to which AUPRO integrates (0.3, the reference's and MVTec AD's).
     """
     keys = _check_keys(keys)
     _check_pro_mode(pro_mode)
+    check_fpr_limit(pro_fpr_limit)
     pixel_keys = [key for key in keys if key in PIXEL_KEYS]
     image_keys = [key for key in keys if key in IMAGE_KEYS]
     check_shapes(anomaly_maps, gt_masks, image_scores, labels, None, pixel_keys, image_keys)
     result = {}
     if pixel_keys:
-        result.update(_pixel_metrics(anomaly_maps, gt_masks, pixel_keys, pro_mode, cls_name, backend))
+        result.update(_pixel_metrics(anomaly_maps, gt_masks, pixel_keys, pro_mode, cls_name, backend,
+                                     pro_fpr_limit))
     if image_keys:
         result.update(_image_metrics(image_scores, labels, image_keys, cls_name))
     return {key: result[key] for key in keys}
@@ -220,7 +255,7 @@ def _take(values, index):
 
 
 def evaluate(anomaly_maps, gt_masks, image_scores, labels, cls_names, *, pro_mode="official",
-             keys=METRIC_KEYS, progress=False, backend="auto") -> dict:
+             keys=METRIC_KEYS, progress=False, backend="auto", pro_fpr_limit=PRO_FPR_LIMIT) -> dict:
     """Metrics per class (in order of first appearance) and their mean.
 
     Returns {class: {key: value}, ..., "mean": {key: value}}. A class whose metric is
@@ -229,6 +264,7 @@ def evaluate(anomaly_maps, gt_masks, image_scores, labels, cls_names, *, pro_mod
     """
     keys = _check_keys(keys)
     _check_pro_mode(pro_mode)
+    check_fpr_limit(pro_fpr_limit)
     anomaly_maps, gt_masks, image_scores, labels = (
         value if value is None or is_torch_tensor(value) else np.asarray(value)
         for value in (anomaly_maps, gt_masks, image_scores, labels))
@@ -254,7 +290,7 @@ def evaluate(anomaly_maps, gt_masks, image_scores, labels, cls_names, *, pro_mod
                          _take(labels, index) if image_keys else None)
             results[cls_name] = on_cpu_if_out_of_memory(
                 lambda chosen: class_metrics(*arguments, pro_mode=pro_mode, keys=keys, cls_name=cls_name,
-                                             backend=chosen),
+                                             backend=chosen, pro_fpr_limit=pro_fpr_limit),
                 backend, cls_name)
         except (ValueError, RuntimeError, MemoryError) as error:
             warnings.warn(f"class {cls_name!r}: metrics failed ({type(error).__name__}: {error}); "
@@ -363,11 +399,7 @@ def _parse_args(argv):
     parser.add_argument("maps", metavar="MAPS.npz",
                         help="file written by `test.py --save_maps` (anomaly_maps, image_scores, gt_masks, "
                              "labels, cls_names, img_paths)")
-    parser.add_argument("--pro_mode", choices=PRO_MODES, default="official",
-                        help="AUPRO protocol: 'official' = the paper's (200 thresholds between the class's "
-                             f"min and max score, FPR < {PRO_FPR_LIMIT}, FPRs min-max rescaled; default); "
-                             "'exact' = MVTec AD's (every distinct score, integrated to FPR "
-                             f"{PRO_FPR_LIMIT}, divided by {PRO_FPR_LIMIT})")
+    add_pro_flags(parser)
     parser.add_argument("--metrics", choices=list(LEVELS), default="image-pixel-level",
                         help="which metrics to compute, as the reference's --metrics flag (default: both levels)")
     parser.add_argument("--json", metavar="OUT.json",
@@ -388,7 +420,8 @@ def main(argv=None) -> int:
         return 2
     try:
         results = evaluate(data["anomaly_maps"], data["gt_masks"], data["image_scores"], data["labels"],
-                           data["cls_names"], pro_mode=args.pro_mode, keys=keys, progress=args.progress)
+                           data["cls_names"], pro_mode=args.pro_mode, keys=keys, progress=args.progress,
+                           pro_fpr_limit=args.pro_fpr_limit)
     except ValueError as error:  # input the metrics cannot take (e.g. masks not in {0, 1}): say so in one line
         print(f"metrics.py: error: {args.maps}: {error}", file=sys.stderr)
         return 2

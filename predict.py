@@ -317,8 +317,9 @@ def check_out(out_dir: Path, overwrite: bool) -> None:
                           "pass --overwrite to replace its files")
 
 
-def make_runner(args):
-    """The model to run: an exported file (settings from its metadata) or a checkpoint on its CLIP."""
+def make_runner(args, device=None):
+    """The model to run: an exported file (settings from its metadata) or a checkpoint on its CLIP, on `device`
+    (the `torch.device` the run resolved; the exported runtimes take their own device names)."""
     from deploy import runners
 
     if args.exported:
@@ -328,7 +329,7 @@ def make_runner(args):
 
     method = get_method(args.model)
     return runners.load_torch_runner(method.name, checkpoint=args.checkpoint_path, clip_weights=args.clip_weights,
-                                     device=args.device, precision=args.precision,
+                                     device=device, precision=args.precision,
                                      **values_from_args(args, method.config))
 
 
@@ -348,10 +349,8 @@ def main(argv=None) -> int:
         if distributed.launched():
             raise ValueError("--onnx / --openvino run in one process: start predict.py without torchrun")
         return predict(args, paths, items, unmatched, make_runner(args), distributed.SINGLE)
-    with distributed.session(args.device) as (context, device):
-        if device.type == "cuda":
-            args.device = str(device)  # under torchrun: this rank's GPU
-        return predict(args, paths, items, unmatched, make_runner(args), context)
+    with distributed.session(args.device) as (context, device):  # under torchrun: this rank's device
+        return predict(args, paths, items, unmatched, make_runner(args, device), context)
 
 
 def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[str], runner, context) -> int:

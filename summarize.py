@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models import DEFAULT_METHOD, get_method, method_names
-from models.paper import COLUMN_TITLES
+from metrics import HEADERS, METRIC_KEYS as PAPER_COLUMNS
 from utils import atomic_write_bytes, run_cli
 
 RESULTS_FILE = "results.json"
@@ -82,11 +82,11 @@ def read_result(path: Path) -> Result:
     if method not in method_names():
         raise ValueError(f"unknown method {method!r}")
     label = str(data.get("dataset") or path.parent.name)
-    values = {key: _percent(mean.get(key)) for key in COLUMN_TITLES}
+    values = {key: _percent(mean.get(key)) for key in PAPER_COLUMNS}
     classes = [name for name in metrics if name != "mean"]
     left_out = {key: [name for name in classes if isinstance(metrics[name], dict) and key in metrics[name]
                       and _percent(metrics[name][key]) is None]
-                for key in COLUMN_TITLES}
+                for key in PAPER_COLUMNS}
     return Result(label, method, paper_key(label, method), values, path, str(data.get("pro_mode", "official")),
                   str(data.get("checkpoint", "")), {k: v for k, v in left_out.items() if v})
 
@@ -133,7 +133,7 @@ def _mean(values: list) -> float | None:
 
 
 def _table_lines(columns: tuple, rows: list[list[str]]) -> list[str]:
-    header = ["dataset", "", *(COLUMN_TITLES[c] for c in columns)]
+    header = ["dataset", "", *(HEADERS[c] for c in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":--", ":--"] + ["--:"] * len(columns)) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
@@ -148,7 +148,7 @@ def _partial_notes(results: list[Result], columns, paper) -> list[str]:
     for result in results:
         for column in columns:
             if result.left_out.get(column):
-                notes.append(f"{PARTIAL} {_title(result, paper)}, {COLUMN_TITLES[column]}: the mean leaves out "
+                notes.append(f"{PARTIAL} {_title(result, paper)}, {HEADERS[column]}: the mean leaves out "
                              f"{', '.join(result.left_out[column])} (undefined there), so it is not comparable with "
                              "a mean over every class")
     return notes

@@ -51,8 +51,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--metrics", choices=tuple(metrics.LEVELS), default="image-pixel-level",
                             help="which metrics to compute")
-    evaluation.add_argument("--pro_mode", choices=metrics.PRO_MODES, default="official",
-                            help="AUPRO: the papers' 200-threshold protocol, or the exact MVTec AD definition")
+    metrics.add_pro_flags(evaluation)
     evaluation.add_argument("--save_maps", default=None, metavar="FILE.npz",
                             help="also write maps, scores, masks, labels, classes and paths (metrics.py re-scores it)")
     evaluation.add_argument("--visualize", action="store_true", help="write image | map | ground-truth panels per class")
@@ -119,7 +118,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     dataset = AnomalyDataset(args.data_path, config.image_size, split="test", dataset=args.dataset)
     configure_precision(args.precision)
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
-                         checkpoint_name=args.checkpoint_path, device=device, **settings)
+                         checkpoint_name=args.checkpoint_path, device=device, config=config, **settings)
     model.checkpoint_path = args.checkpoint_path
 
     save_path = Path(args.save_path)
@@ -158,7 +157,8 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     inference_seconds = time.time() - start
     keys = metrics.LEVELS[args.metrics]
     results = metrics.evaluate(outputs["anomaly_maps"], outputs["gt_masks"], outputs["image_scores"],
-                               outputs["labels"], cls_names, pro_mode=args.pro_mode, keys=keys, progress=True)
+                               outputs["labels"], cls_names, pro_mode=args.pro_mode, keys=keys, progress=True,
+                               pro_fpr_limit=args.pro_fpr_limit)
     total_seconds = time.time() - start
     stats = {"images": len(dataset), "seconds": total_seconds, "images_per_second": len(dataset) / total_seconds,
              "inference_seconds": inference_seconds, "metrics_seconds": total_seconds - inference_seconds,
@@ -170,7 +170,8 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
                 "%.1f s, metrics %.1f s%s", len(dataset), total_seconds, stats["images_per_second"],
                 inference_seconds, stats["metrics_seconds"], memory_note(device))
     atomic_write_json(nan_to_none({"method": method.name, "dataset": label, "checkpoint": str(args.checkpoint_path),
-                                   "pro_mode": args.pro_mode, "settings": model.recorded_config(),
+                                   "pro_mode": args.pro_mode, "pro_fpr_limit": args.pro_fpr_limit,
+                                   "settings": model.recorded_config(),
                                    "test_settings": {"sigma": config.sigma, **_test_only(model)},
                                    "metrics": results, "run": stats}), save_path / RESULTS_FILE)
     failures = []  # the metrics are safe in results.json now; what follows may fail without losing them

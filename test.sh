@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python}
-METHOD=${METHOD:-vip2}
+METHOD=${METHOD:-$("$PYTHON" -m models.paper default)}  # one of: python -m models.paper methods
 DATA_ROOT=${DATA_ROOT:-./data}                 # DATA_ROOT/NAME/meta.json, or DATA_ROOT/meta_NAME.json (VCP-CLIP's layout)
 CLIP_WEIGHTS=${CLIP_WEIGHTS:-openai}           # ViT-L-14-336px.pt, a state dict, or 'openai'
 CHECKPOINTS=${CHECKPOINTS:-./checkpoints/$METHOD}

@@ -97,21 +97,24 @@ def main(argv=None) -> Path:
     # Everything below imports torch; every input is checked before anything is written.
     from engine import distributed
     from dataset import AnomalyDataset
+    from models import resolve_config
     from models.checkpoint import read_checkpoint
 
-    image_size = settings.get("image_size") or method.config().image_size
+    init = read_checkpoint(args.init_checkpoint, "--init_checkpoint") if args.init_checkpoint else None
+    config = resolve_config(method.name, init, args.init_checkpoint, "--init_checkpoint", **settings)
+    image_size = config.image_size
     dataset = AnomalyDataset(args.train_data_path, image_size, split=TRAIN_SPLIT, dataset=args.dataset,
                              augmentation=training.augmentation())
     validation = (AnomalyDataset(args.val_data_path, image_size, split="test", dataset=args.val_dataset)
                   if args.val_data_path else None)
-    init = read_checkpoint(args.init_checkpoint, "--init_checkpoint") if args.init_checkpoint else None
     with distributed.session(args.device) as (context, device):
-        return _train(args, method, training, settings, save_path, to_remove, dataset, validation, init, context,
+        return _train(args, method, training, (config, settings), save_path, to_remove, dataset, validation, init, context,
                       device)
 
 
-def _train(args, method, training, settings, save_path, to_remove, dataset, validation, init, context, device):
-    """Build the model and run the epochs (every rank, under torchrun); rank 0 logs and writes."""
+def _train(args, method, training, resolved, save_path, to_remove, dataset, validation, init, context, device):
+    """Build the model and run the epochs (every rank, under torchrun); rank 0 logs and writes.
+    `resolved`: the settings resolved once in `main`, and the values the user gave (for messages)."""
     import torch
 
     from engine import distributed
@@ -129,7 +132,7 @@ def _train(args, method, training, settings, save_path, to_remove, dataset, vali
     set_seed(training.seed)
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=init,
                          checkpoint_flag="--init_checkpoint", checkpoint_name=args.init_checkpoint, device=device,
-                         **settings)
+                         config=resolved[0], **resolved[1])
     model.train()
     model.configure_training(training)
     distributed.broadcast_parameters(model, context)

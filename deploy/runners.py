@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.outputs import OUTPUT_NAMES, InferenceBatch
+
 
 EXPORT_FORMAT = "zsas-export/1"
 METADATA_PREFIX = "zsas."  # ONNX metadata_props keys; OpenVINO keeps the same keys under rt_info["zsas"]
 OPENVINO_RT_INFO = "zsas"
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("anomaly_map", "image_score")
 FORMAT_SUFFIXES = {"onnx": ".onnx", "openvino": ".xml"}
 
 
@@ -47,6 +48,18 @@ class ModelInfo:
     clip_fingerprint: str = ""
     exporter: str = ""  # torch, open_clip and opset versions
     format: str = EXPORT_FORMAT
+
+    @classmethod
+    def of_model(cls, model, precision: str = "fp32", checkpoint=None, **recorded) -> ModelInfo:
+        """What a `models.create_model` model is, for a runner's logs and an exported file's metadata."""
+        from models import get_method
+        from models.settings import to_dict
+
+        return cls(method=model.method, title=get_method(model.method).title, image_size=model.image_size,
+                   sigma=float(model.config.sigma), set_normalization=bool(model.set_normalization),
+                   precision=precision, settings=to_dict(model.config),
+                   checkpoint=Path(checkpoint).name if checkpoint else "", clip_fingerprint=model.clip_fingerprint,
+                   **recorded)
 
     def to_metadata(self) -> dict[str, str]:
         """Flat string pairs: strings as they are, everything else as JSON."""
@@ -79,7 +92,7 @@ class Runner:
     info: ModelInfo
     description: str  # for logs: the runtime, the device and the file
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray) -> InferenceBatch:
         raise NotImplementedError
 
     @property
@@ -91,25 +104,18 @@ class TorchRunner(Runner):
     """A model built by `models.create_model`."""
 
     def __init__(self, model, device, precision: str = "fp32", source: str = ""):
-        from models import get_method
-        from models.settings import to_dict
-
         self.model, self.device, self.precision = model, device, precision
-        self.info = ModelInfo(method=model.method, title=get_method(model.method).title,
-                              image_size=model.image_size, sigma=float(model.config.sigma),
-                              set_normalization=bool(model.set_normalization), precision=precision,
-                              settings=to_dict(model.config), checkpoint=Path(source).name if source else "",
-                              clip_fingerprint=model.clip_fingerprint)
+        self.info = ModelInfo.of_model(model, precision, source)
         self.description = f"PyTorch on {device}, precision {precision}" + (f", {source}" if source else "")
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray) -> InferenceBatch:
         import torch
 
         from engine.devices import autocast
 
         with torch.inference_mode(), autocast(self.precision, self.device):
             maps, scores = self.model(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
-        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
+        return InferenceBatch(maps.float().cpu().numpy(), scores.float().cpu().numpy())
 
 
 def load_torch_runner(method: str, *, checkpoint, clip_weights: str = "openai", device: str = "auto",
@@ -118,7 +124,7 @@ def load_torch_runner(method: str, *, checkpoint, clip_weights: str = "openai", 
     from models import create_model
     from engine.devices import configure_precision, resolve_device
 
-    resolved = resolve_device(device)
+    resolved = resolve_device(device)  # a torch.device passes through as it is
     configure_precision(precision)
     model = create_model(method, clip_weights=clip_weights, checkpoint=checkpoint, device=resolved, **settings)
     return TorchRunner(model, resolved, precision, str(checkpoint))
@@ -158,9 +164,9 @@ class OnnxRunner(Runner):
             {k.removeprefix(METADATA_PREFIX): v for k, v in metadata.items() if k.startswith(METADATA_PREFIX)}, path)
         self.description = f"ONNX Runtime {ort.__version__} ({self.session.get_providers()[0]}), {path}"
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray) -> InferenceBatch:
         maps, scores = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images, np.uint8)})
-        return maps, scores
+        return InferenceBatch(maps, scores)
 
 
 class OpenVinoRunner(Runner):
@@ -195,9 +201,9 @@ class OpenVinoRunner(Runner):
         self.outputs = [self.compiled.output(name) for name in OUTPUT_NAMES]
         self.description = f"OpenVINO {ov.__version__.split('-')[0]} ({target}), {path}"
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray) -> InferenceBatch:
         result = self.compiled(np.ascontiguousarray(images, np.uint8))
-        return result[self.outputs[0]], result[self.outputs[1]]
+        return InferenceBatch(*(result[output] for output in self.outputs))
 
 
 def read_openvino_metadata(model) -> dict[str, str]:

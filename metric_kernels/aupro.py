@@ -48,8 +48,9 @@ def auc_like_sklearn(x: np.ndarray, y: np.ndarray) -> float:
     return float(direction * np.add.reduce(dx * (y[1:] + y[:-1]) / 2.0))
 
 
-def official_aupro(groups, positive_scores, positive_regions, n_regions, ops, cls_name) -> float:
-    """The reference's 200-threshold AUPRO, without thresholding any map."""
+def official_aupro(groups, positive_scores, positive_regions, n_regions, ops, cls_name,
+                   fpr_limit: float = PRO_FPR_LIMIT) -> float:
+    """The reference's 200-threshold AUPRO (thresholds with FPR < `fpr_limit`), without thresholding any map."""
     numpy_scalar = ops.to_numpy(groups.values[:1]).dtype.type
     thresholds_np = official_thresholds(numpy_scalar(groups.values[0].item()),
                                          numpy_scalar(groups.values[-1].item()))
@@ -81,24 +82,24 @@ def official_aupro(groups, positive_scores, positive_regions, n_regions, ops, cl
     fprs = false_positives / n_negative
     # Region fractions laid out [K, R] so that each mean sums contiguously, as the reference's does.
     pros = np.ascontiguousarray((true_positives / areas[:, None]).T).mean(axis=1)
-    kept = fprs < PRO_FPR_LIMIT
+    kept = fprs < fpr_limit
     if kept.sum() < 2:
         warn_undefined(cls_name, ["pixel_aupro"],
-                        f"official mode: {int(kept.sum())} threshold(s) with FPR < {PRO_FPR_LIMIT}, need 2")
+                        f"official mode: {int(kept.sum())} threshold(s) with FPR < {fpr_limit}, need 2")
         return math.nan
     kept_fprs = fprs[kept]
     if kept_fprs.max() == kept_fprs.min():
         warn_undefined(cls_name, ["pixel_aupro"],
-                        f"official mode: every threshold with FPR < {PRO_FPR_LIMIT} has the same FPR, "
+                        f"official mode: every threshold with FPR < {fpr_limit} has the same FPR, "
                         "so the min-max rescaling divides by zero")
         return math.nan
     kept_fprs = (kept_fprs - kept_fprs.min()) / (kept_fprs.max() - kept_fprs.min())
     return auc_like_sklearn(kept_fprs, pros[kept])
 
 
-def exact_aupro(groups, positive_scores, positive_regions, n_regions, ops) -> float:
+def exact_aupro(groups, positive_scores, positive_regions, n_regions, ops, fpr_limit: float = PRO_FPR_LIMIT) -> float:
     """MVTec AD's AUPRO: the PRO-vs-FPR polyline through every distinct score, from (0, 0),
-    integrated up to FPR 0.3 (the point there interpolated), divided by 0.3."""
+    integrated up to FPR `fpr_limit` (0.3; the point there interpolated), divided by it."""
     n_negative = int(groups.negatives.sum())
     areas = ops.bincount(positive_regions, minlength=n_regions + 1)
     weights = 1.0 / ops.float64(areas[positive_regions])  # each region weighs 1 in total
@@ -116,13 +117,13 @@ def exact_aupro(groups, positive_scores, positive_regions, n_regions, ops) -> fl
         fpr /= n_negative
         x = ops.concat([ops.asarray(np.array([x_before])), fpr])
         y = ops.concat([ops.asarray(np.array([y_before])), pro])
-        inside = int(ops.searchsorted(x, ops.asarray(np.array([PRO_FPR_LIMIT])), side="right")[0])
+        inside = int(ops.searchsorted(x, ops.asarray(np.array([fpr_limit])), side="right")[0])
         area += float(((x[1:inside] - x[:inside - 1]) * (y[1:inside] + y[:inside - 1]) / 2).sum())
-        if inside < x.shape[0]:  # the curve crosses FPR 0.3 in this chunk
+        if inside < x.shape[0]:  # the curve crosses the FPR limit in this chunk
             x0, y0, x1, y1 = float(x[inside - 1]), float(y[inside - 1]), float(x[inside]), float(y[inside])
-            if x0 < PRO_FPR_LIMIT:
-                y_at_limit = y0 + (y1 - y0) * (PRO_FPR_LIMIT - x0) / (x1 - x0)
-                area += (PRO_FPR_LIMIT - x0) * (y0 + y_at_limit) / 2
-            return area / PRO_FPR_LIMIT
+            if x0 < fpr_limit:
+                y_at_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+                area += (fpr_limit - x0) * (y0 + y_at_limit) / 2
+            return area / fpr_limit
         x_before, y_before = float(x[-1]), float(y[-1])
-    raise AssertionError("the FPR reaches 1 at the lowest score, so the curve always crosses 0.3")
+    raise AssertionError("the FPR reaches 1 at the lowest score, so the curve always crosses a limit below 1")

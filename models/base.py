@@ -14,6 +14,8 @@ import warnings
 import torch
 from torch import nn
 
+from engine.outputs import InferenceBatch
+
 from . import settings
 from .smoothing import gaussian_blur
 
@@ -74,13 +76,13 @@ class AnomalyModel(nn.Module):
         return self.config.image_size
 
     # ------------------------------------------------------------------ inference
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 RGB `[N, 3, S, S]` -> (smoothed anomaly maps `[N, S, S]` float32, image scores `[N]` float32).
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """uint8 RGB `[N, 3, S, S]` -> `InferenceBatch(anomaly_map=[N, S, S], image_score=[N])`, float32, maps smoothed.
 
         For methods that normalise over a whole set (VCP-CLIP), these are the values before
         `finalize`."""
         maps, scores = self.predict(normalize_images(images))
-        return gaussian_blur(maps.float(), self.config.sigma), scores.float()
+        return InferenceBatch(gaussian_blur(maps.float(), self.config.sigma), scores.float())
 
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images -> (raw, unsmoothed maps `[N, S, S]`, image scores `[N]`)."""

@@ -34,7 +34,6 @@ CLIP_VOCAB_SIZE = 49408  # CLIP's BPE vocabulary, fixed by its tokenizer
 _DOWNLOAD_HOSTS = ("huggingface.co", "openaipublic.azureedge.net")
 
 
-CLIP_WEIGHTS_HELP = "OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'"
 
 
 

@@ -33,12 +33,15 @@ def resolve_config(name: str, checkpoint: dict | None = None, path=None, flag: s
 
 def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | os.PathLike | dict | None = None,
                  checkpoint_flag: str = "--checkpoint_path", checkpoint_name=None, clip=None, device=None,
-                 **settings):
+                 config=None, **settings):
     """Build method `name`'s model on a frozen CLIP, optionally loading a checkpoint.
 
     checkpoint: a path, or a dict already read with `models.checkpoint.read_checkpoint` (then
     `checkpoint_name`, its path, names it in messages).
     clip: an already built open_clip CLIP (tests reuse one); otherwise `clip_weights` is loaded.
+    config: the settings `resolve_config` already resolved for this checkpoint (a script that needs the image
+    size before the model is built resolves them once and passes them on); `settings` then only say which
+    values the user gave, for error messages.
     Returns the model in eval mode, on `device` when given.
     """
     from .checkpoint import read_checkpoint
@@ -50,7 +53,8 @@ def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | o
     if checkpoint is not None and not isinstance(checkpoint, dict):
         path = Path(checkpoint)
         checkpoint = read_checkpoint(path, checkpoint_flag)
-    config = resolve_config(name, checkpoint, path, checkpoint_flag, **settings)
+    if config is None:
+        config = resolve_config(name, checkpoint, path, checkpoint_flag, **settings)
     if clip is None:
         clip = load_clip(clip_weights, quick_gelu=model_class.quick_gelu)
     try:

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-COLUMN_TITLES = {"image_auroc": "image AUROC", "image_ap": "image AP", "image_f1": "image F1-max",
-                 "pixel_auroc": "pixel AUROC", "pixel_aupro": "pixel PRO", "pixel_ap": "pixel AP",
-                 "pixel_f1": "pixel F1-max"}
-
-
 @dataclass(frozen=True)
 class PaperRow:
     """One dataset of a paper's tables: its title, which table, and the reported values (percent)."""
@@ -40,10 +35,17 @@ class Paper:
 def main(argv=None) -> int:
     """`python -m models.paper METHOD train|test`: the protocol as lines for train.sh and test.sh.
 
-    train: `AUXILIARY FLAG...` per training run; test: `DATASET AUXILIARY` per evaluation."""
+    train: `AUXILIARY FLAG...` per training run; test: `DATASET AUXILIARY` per evaluation.
+    `python -m models.paper default` prints the default method, `... methods` every registered one."""
     import argparse
+    import sys
 
-    from .registry import get_method, method_names
+    from .registry import DEFAULT_METHOD, get_method, method_names
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv in (["default"], ["methods"]):
+        print(DEFAULT_METHOD if argv == ["default"] else " ".join(method_names()))
+        return 0
 
     parser = argparse.ArgumentParser(prog="python -m models.paper", description=main.__doc__)
     parser.add_argument("method", choices=method_names())

@@ -22,13 +22,13 @@ class Method:
     config: type  # model settings dataclass (models/settings.py)
     training: type  # training hyperparameters dataclass
     model: str  # "package.module:Class" of its AnomalyModel subclass, imported lazily
-    paper: str = ""  # "package.module:NAME" of its `models.paper.Paper` (tables, protocol)
+    paper: str  # "package.module:NAME" of its `models.paper.Paper` (tables, protocol): required, torch-free
 
     def model_class(self):
         return _load(self.model)
 
     def paper_tables(self):
-        return _load(self.paper) if self.paper else None
+        return _load(self.paper)
 
 
 def _load(reference: str):
@@ -41,10 +41,36 @@ _discovered = False
 
 
 def register_method(method: Method) -> Method:
+    """Add a method; refused without its paper's tables and protocol, which summarize.py, train.sh and test.sh
+    read (a method is only comparable with what its paper reports)."""
     if method.name in _METHODS and _METHODS[method.name] != method:
         raise ValueError(f"two methods registered as {method.name!r}")
+    problems = contract_problems(method)
+    if problems:
+        raise ValueError(f"method {method.name!r} cannot be registered: " + "; ".join(problems))
     _METHODS[method.name] = method
     return method
+
+
+def contract_problems(method: Method) -> list[str]:
+    """What a method's registry row lacks: its paper (tables with rows, an evaluation protocol)."""
+    if not method.paper:
+        return ["no paper (Method.paper: 'package.module:NAME' of a models.paper.Paper)"]
+    try:
+        paper = _load(method.paper)
+    except (ImportError, AttributeError) as error:
+        return [f"its paper {method.paper} cannot be loaded ({error})"]
+    if not all(hasattr(paper, field) for field in ("rows", "tables", "training", "evaluation")):
+        return [f"{method.paper} is a {type(paper).__name__}, not a models.paper.Paper"]
+    problems = []
+    if not paper.rows or not paper.tables:
+        problems.append(f"{method.paper} declares no table rows")
+    if not paper.evaluation:
+        problems.append(f"{method.paper} declares no evaluation protocol (dataset -> training set)")
+    unknown = sorted({row.table for row in paper.rows.values()} - set(paper.tables))
+    if unknown:
+        problems.append(f"{method.paper} has rows in undeclared tables {unknown}")
+    return problems
 
 
 def _discover() -> None:

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-HEADS = 8
-TEMPERATURE = 0.07
+from .constants import CLIP_TEMPERATURE, TEXT_PATCH_HEADS
+
 
 
 class TextPatchAttention(nn.Module):
     """`[N, 2, text_dim]` text and `[N, L, patch_dim]` patches -> `[N, 2, patch_dim]`, L2-normalised."""
 
-    def __init__(self, text_dim: int, patch_dim: int, heads: int = HEADS):
+    def __init__(self, text_dim: int, patch_dim: int, heads: int = TEXT_PATCH_HEADS):
         super().__init__()
         if patch_dim % heads:
             raise ValueError(f"text-patch attention needs a width divisible by {heads} heads, got {patch_dim}")
@@ -30,7 +30,7 @@ class TextPatchAttention(nn.Module):
         self.v_proj_pre_1 = nn.Conv1d(patch_dim, patch_dim, kernel_size=1)
         self.proj_post_t = nn.Conv1d(patch_dim, patch_dim, kernel_size=1)
         # A learnable temperature: VCP-CLIP's tau_2; present but unused in ViP²-CLIP's checkpoints.
-        self.prompt_temp_l1 = nn.Parameter(torch.tensor(math.log(1 / TEMPERATURE)))
+        self.prompt_temp_l1 = nn.Parameter(torch.tensor(math.log(1 / CLIP_TEMPERATURE)))
 
     def forward(self, text_features: torch.Tensor, patch_features: torch.Tensor) -> torch.Tensor:
         n = text_features.shape[0]

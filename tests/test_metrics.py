@@ -582,3 +582,29 @@ def test_cli_reports_bad_files_in_one_line(tmp_path, case):
     result = subprocess.run([sys.executable, str(ROOT / "metrics.py"), str(path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith(f"metrics.py: error: {path}") and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("limit", [0.05, 0.3, 0.6])
+def test_aupro_fpr_limit_is_a_parameter_of_both_modes(limit):
+    """--pro_fpr_limit: each mode against its oracle at that limit (the reference's loop takes `expect_fpr`)."""
+    maps, masks, _, _ = synthetic_class(seed=3)
+    exact = metrics.evaluate(maps, masks, None, None, ["c"] * len(maps), keys=["pixel_aupro"], pro_mode="exact",
+                             pro_fpr_limit=limit)["c"]["pixel_aupro"]
+    assert exact == pytest.approx(exact_pro_score(masks, maps, fpr_limit=limit), abs=1e-12)
+    official = metrics.class_metrics(maps, masks, None, None, keys=["pixel_aupro"], pro_fpr_limit=limit)
+    assert official["pixel_aupro"] == pytest.approx(cal_pro_score(masks, maps, expect_fpr=limit), abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1])
+def test_aupro_fpr_limit_outside_0_1_is_refused(bad):
+    maps, masks, _, _ = synthetic_class(seed=3)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        metrics.class_metrics(maps, masks, None, None, keys=["pixel_aupro"], pro_fpr_limit=bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", ["0", "1", "nan", "x"])
+def test_metrics_command_refuses_a_bad_fpr_limit_in_one_line(bad):
+    result = subprocess.run([sys.executable, str(ROOT / "metrics.py"), "x.npz", "--pro_fpr_limit", bad],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--pro_fpr_limit" in result.stderr and "Traceback" not in result.stderr

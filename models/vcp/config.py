@@ -5,11 +5,10 @@ from dataclasses import dataclass
 
 from utils import non_negative_float, non_negative_int, positive_int
 
+from ..constants import CLIP_TEMPERATURE, SMOOTHING_SIGMA
 from ..settings import at_least, non_empty, setting, setting_problems
 
-TEMPERATURE_INIT = 1 / 0.07  # both temperatures start at ln(1/0.07) (SPEC_VCP §3, §4)
-POST_VCP_HEADS = 8
-SMOOTHING_SIGMA = 8.0  # a literal in the reference's test.py
+TEMPERATURE_INIT = 1 / CLIP_TEMPERATURE  # both temperatures start at ln(1/0.07) (SPEC_VCP §3, §4)
 FUSION_ALPHA = 0.2  # a literal in the reference's test.py
 SCORE_TOPK = 2000  # pixels averaged per branch map for the image score (SPEC_VCP §7)
 

@@ -18,7 +18,7 @@ from ..base import AnomalyModel, check_image_size
 from ..checkpoint import CheckpointError, check_state
 from ..losses import dice_loss, focal_loss
 from ..text_patch_attention import TextPatchAttention
-from .config import POST_VCP_HEADS, TEMPERATURE_INIT
+from .config import TEMPERATURE_INIT
 from .text import DeepTextPrompts, UnifiedTextEncoder
 
 LINEAR_KEY, PRE_VCP_KEY, POST_VCP_KEY = "trainable_linearlayer", "New_Lan_Embed", "Zero_try"
@@ -89,7 +89,7 @@ class VCPCLIP(AnomalyModel):
         width, embed = backbone.vision_width, backbone.embed_dim
         self.linear_heads = LinearHeads(width, embed, len(config.features_list))
         self.context_prompting = ContextPrompting(backbone.text_width, config.prompt_len)
-        self.post_vcp = TextPatchAttention(embed, width, POST_VCP_HEADS)
+        self.post_vcp = TextPatchAttention(embed, width)
         self.text_prompts = DeepTextPrompts(backbone.text_width, embed, config.deep_prompt_len,
                                             config.total_d_layer_len)
         self.text_encoder = UnifiedTextEncoder(backbone, config.prompt_len, self.text_prompts)

@@ -5,12 +5,10 @@ from dataclasses import dataclass
 
 from utils import non_negative_float, non_negative_int, positive_int
 
+from ..constants import SMOOTHING_SIGMA  # test-time Gaussian on the anomaly maps (SPEC §6)
 from ..settings import at_least, non_empty, setting, setting_problems
 
 # Constants of the method (SPEC §3, §4): not flags, the released checkpoints were trained with them.
-TEMPERATURE = 0.07
-FGP_HEADS = 8
-SMOOTHING_SIGMA = 8.0  # test-time Gaussian on the anomaly maps (SPEC §6)
 
 
 @dataclass

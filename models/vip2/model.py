@@ -14,7 +14,6 @@ from ..checkpoint import CheckpointError, check_state
 from ..losses import pixel_loss
 from ..text_patch_attention import TextPatchAttention
 from . import utpa
-from .config import FGP_HEADS
 
 ICA_KEY = "prompt_learner"
 FGP_KEY = "Zero_try"  # the authors' name for the FGP module
@@ -48,7 +47,7 @@ class ViP2CLIP(AnomalyModel):
                 f"--topk {config.topk} exceeds the {patches} patches of a {config.image_size} px input")
         self.prompt_learner = PromptLearner(self.backbone.clip.token_embedding, self.backbone.embed_dim,
                                             config.n_ctx, config.n_cls, config.fix_quirks)
-        self.fgp = TextPatchAttention(self.backbone.embed_dim, self.backbone.embed_dim, FGP_HEADS)
+        self.fgp = TextPatchAttention(self.backbone.embed_dim, self.backbone.embed_dim)
 
     # ------------------------------------------------------------------ the model
     def extract_features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import TEMPERATURE
+from ..constants import CLIP_TEMPERATURE as TEMPERATURE
 
 
 def align(patch_features: torch.Tensor, text_features: torch.Tensor):
