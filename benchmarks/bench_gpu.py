@@ -1,4 +1,4 @@
-"""End-to-end speed of test.py and train.py on a GPU, for either method, with no weights or data from outside.
+"""End-to-end speed of test.py and train.py on a GPU, for every registered method, with no weights or data from outside.
 
 Builds a synthetic MVTec-layout dataset of PNGs at a realistic size (default 1024 px, three
 classes) and a randomly initialised ViT-L/14@336, then runs the real command lines per
@@ -6,8 +6,10 @@ precision and reports images/s, wall time and peak GPU memory, plus how far bf16
 maps and scores move from fp32. A first row times data loading alone (test.py's loader,
 no model), which bounds what the GPU can be fed.
 
-    python benchmarks/bench_gpu.py                      # ViP²-CLIP: 192 test images, 1725 training images
-    python benchmarks/bench_gpu.py --model vcp          # VCP-CLIP, its training with the paper's augmentation
+    python benchmarks/bench_gpu.py                      # the default method: 192 test images, 1725 training images
+    python benchmarks/bench_gpu.py --model all          # every registered method, one after the other
+    python benchmarks/bench_gpu.py --model vcp          # one method (VCP-CLIP trains with the paper's augmentation)
+    python benchmarks/bench_gpu.py --profile            # and torch.profiler's top GPU ops of a bf16 test batch
     python benchmarks/bench_gpu.py --train_images 200   # a quicker look
     python benchmarks/bench_gpu.py --skip_train --output bench.json
 
@@ -20,6 +22,7 @@ Without a CUDA device it says so and exits (use --allow_cpu --arch tiny to check
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -35,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from generate_dataset_json.synthetic import make_synthetic_dataset  # noqa: E402
+from models import DEFAULT_METHOD, get_method, method_names  # noqa: E402
 from models.clip_loader import random_clip_state_dict  # noqa: E402
 
 CLASSES = ("bottle_synth", "tile_synth", "screw_synth")
@@ -42,7 +46,8 @@ CLASSES = ("bottle_synth", "tile_synth", "screw_synth")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="vip2", choices=("vip2", "vcp"), help="the method")
+    parser.add_argument("--model", default=DEFAULT_METHOD, choices=(*method_names(), "all"),
+                        help="the method, or 'all': every registered method in turn")
     parser.add_argument("--train_args", nargs=argparse.REMAINDER, default=[],
                         help="further train.py flags, last on the line (e.g. --aug_rate -1 --no_albumentations)")
     parser.add_argument("--test_images", type=int, default=192, help="images evaluated by test.py")
@@ -50,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs")
     parser.add_argument("--image_px", type=int, default=1024, help="side of the generated PNGs")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--train_precisions", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
+                        help="precisions train.py is timed in (default: --precisions)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one bf16 test batch in-process (torch.profiler: top GPU ops)")
     parser.add_argument("--arch", default="ViT-L-14-336", help="open_clip architecture, or 'tiny'")
     parser.add_argument("--image_size", type=int, default=518, help="model input size")
     parser.add_argument("--batch_size", type=int, default=None, help="test.py batch size (default: its own)")
@@ -105,14 +114,61 @@ def loading_row(data: Path, image_size: int, batch_size: int, workers: int | Non
             "peak_gpu_memory_gb": None}
 
 
+def profile_row(model_name: str, init: Path, weights: Path, image_size: int, batch_size: int, device: str) -> dict:
+    """torch.profiler over one bf16 batch of random images through the model (after a warm-up): where the
+    time goes on the GPU, for the figures that fall short."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.devices import autocast
+    from models import create_model
+
+    model = create_model(model_name, clip_weights=str(weights), checkpoint=init, device=device)  # its settings
+    images = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8, device=device)
+    device_type = torch.device(device)
+    with torch.inference_mode(), autocast("bf16", device_type):
+        model(images)
+        synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        synchronize()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with profile(activities=activities) as profiler:
+            model(images)
+            synchronize()
+    key = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    table = profiler.key_averages().table(sort_by=key, row_limit=15)
+    print(f"\nprofile of one bf16 batch of {batch_size} ({model_name}):\n{table}", flush=True)
+    events = sorted(profiler.key_averages(), key=lambda e: getattr(e, "device_time_total", 0) or 0, reverse=True)
+    return {"method": model_name, "batch_size": batch_size,
+            "top_ops": [{"name": e.key, "device_ms": (getattr(e, "device_time_total", 0) or 0) / 1e3,
+                         "calls": e.count} for e in events[:15]]}
+
+
+def layer_flags(model_name: str, arch: str) -> list[str]:
+    """The paper's layers for ViT-L come from each method's defaults; the 4-block tiny tower needs 1 2 3 4."""
+    config = get_method(model_name).config
+    if arch == "tiny" and any(f.name == "features_list" for f in dataclasses.fields(config)):
+        return ["--features_list", "1", "2", "3", "4"]
+    return []
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if not torch.cuda.is_available() and not args.allow_cpu:
         print("no CUDA device: bench_gpu.py measures GPU speed and has nothing to do here (--allow_cpu to try anyway)")
         return
+    names = method_names() if args.model == "all" else (args.model,)
+    from utils import atomic_write_json
+
+    report = {}
+    for name in names:  # written after each method: a run stopped part-way keeps what it measured
+        print(f"\n===== {get_method(name).title} =====", flush=True)
+        report[name] = bench_method(args, name)
+        if args.output:
+            atomic_write_json(report if args.model == "all" else report[args.model], Path(args.output))
+
+
+def bench_method(args, model_name: str) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    layers = ["6", "12", "18", "24"] if args.arch != "tiny" else ["1", "2", "3", "4"]
-    rows, maps = [], {}
+    rows, maps, profiled = [], {}, None
     with tempfile.TemporaryDirectory(prefix="zsas_bench_") as temporary:
         work = Path(args.workdir or temporary)
         work.mkdir(parents=True, exist_ok=True)
@@ -124,20 +180,20 @@ def main(argv=None) -> None:
             torch.save({k: v.half() if v.is_floating_point() else v
                         for k, v in random_clip_state_dict(args.arch, seed=0).items()}, weights)
         print(f"data and weights ready in {time.time() - start:.0f} s", flush=True)
-        common = ["--model", args.model, "--clip_weights", weights, "--image_size", args.image_size,
-                  "--features_list", *layers, "--device", device]
+        common = ["--model", model_name, "--clip_weights", weights, "--image_size", args.image_size,
+                  *layer_flags(model_name, args.arch), "--device", device]
         workers = ["--num_workers", args.num_workers] if args.num_workers is not None else []
 
         if test_data is not None:
             rows.append(loading_row(test_data, args.image_size, args.batch_size or (32 if device == "cuda" else 8),
                                     args.num_workers, device))
-            init = work / f"init_{args.model}_{args.arch}_{args.image_size}" / "epoch_1.pth"
+            init = work / f"init_{model_name}_{args.arch}_{args.image_size}" / "epoch_1.pth"
             if not init.is_file():
                 run("train.py", "--train_data_path", test_data, "--save_path", init.parent, "--epoch", "1",
                     "--overwrite", *common, *workers)
         for precision in args.precisions:
             if test_data is not None:
-                out = work / f"test_{args.model}_{precision}"
+                out = work / f"test_{model_name}_{precision}"
                 extra = ["--batch_size", args.batch_size] if args.batch_size else []
                 wall = run("test.py", "--data_path", test_data, "--checkpoint_path", init, "--save_path", out,
                            "--save_maps", out / "maps.npz", "--precision", precision, "--overwrite", *common, *workers, *extra)
@@ -148,8 +204,8 @@ def main(argv=None) -> None:
                              "seconds": stats["seconds"], "wall": wall, "images_per_second": stats["images_per_second"],
                              "peak_gpu_memory_gb": stats["peak_gpu_memory_gb"],
                              "model_seconds": stats["inference_seconds"], "metrics_seconds": stats["metrics_seconds"]})
-            if train_data is not None:
-                save = work / f"train_{args.model}_{precision}"
+            if train_data is not None and precision in (args.train_precisions or args.precisions):
+                save = work / f"train_{model_name}_{precision}"
                 wall = run("train.py", "--train_data_path", train_data, "--save_path", save, "--epoch", args.epochs,
                            "--precision", precision, "--overwrite", *common, *workers, *args.train_args)
                 train_stats = json.loads((save / "train_stats.json").read_text())
@@ -159,9 +215,12 @@ def main(argv=None) -> None:
                              "peak_gpu_memory_gb": train_stats["peak_gpu_memory_gb"],
                              "feature_cache": train_stats["feature_cache"]})
 
+        if args.profile and test_data is not None:
+            profiled = profile_row(model_name, init, weights, args.image_size, args.batch_size or 32, device)
+
     from tabulate import tabulate
 
-    title = (f"{args.model}, {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, {args.arch} at "
+    title = (f"{model_name}, {torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}, {args.arch} at "
              f"{args.image_size} px, "
              f"{args.image_px} px PNGs, torch {torch.__version__}")
     print(f"\n{title}")
@@ -176,10 +235,7 @@ def main(argv=None) -> None:
                              "scores_max": float(score_diff.max()), "scores_mean": float(score_diff.mean())}
         print(f"{precision} vs fp32: maps max {map_diff.max():.2e} mean {map_diff.mean():.2e}; "
               f"scores max {score_diff.max():.2e} mean {score_diff.mean():.2e}")
-    if args.output:
-        from utils import atomic_write_json
-
-        atomic_write_json({"title": title, "rows": rows, "drift_vs_fp32": drifts}, Path(args.output))
+    return {"title": title, "rows": rows, "drift_vs_fp32": drifts, "profile": profiled}
 
 
 if __name__ == "__main__":
