@@ -218,8 +218,14 @@ def test_other_methods_checkpoints_are_not_taken_for_anomalyclip():
     assert method_of(vip2) == "vip2"
 
 
+def test_dpam_beyond_the_tower_covers_every_block_with_a_warning(ac_clip, config):
+    with pytest.warns(UserWarning, match="--dpam_layer 20 asks for the value-value path in the top 19 blocks"):
+        model = build(ac_clip, config, None, dpam_layer=20)
+    assert model.first_dpam_block == 1
+    assert build(ac_clip, config, None, dpam_layer=3).first_dpam_block == 2
+
+
 @pytest.mark.parametrize("overrides, message", [
-    ({"dpam_layer": 5}, "--dpam_layer 5"),  # a 3-block tower takes at most 4
     ({"features_list": (1, 4)}, "--features_list"),
     ({"feature_map_layer": (3,)}, "--feature_map_layer"),
 ])

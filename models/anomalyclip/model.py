@@ -2,6 +2,8 @@
 (zqhang/AnomalyCLIP; SPEC_ANOMALYCLIP §1-§7)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -52,11 +54,13 @@ class AnomalyCLIP(AnomalyModel):
         bad_layers = [layer for layer in config.features_list if not 1 <= layer <= depth]
         if bad_layers:
             problems.append(f"--features_list {bad_layers} outside the vision tower's layers 1..{depth}")
-        if config.dpam_layer - 1 > depth:
-            problems.append(f"--dpam_layer {config.dpam_layer} asks for DPAM in the top {config.dpam_layer - 1} "
-                            f"blocks of a {depth}-block vision tower (at most --dpam_layer {depth + 1})")
         if problems:
             raise ValueError("; ".join(problems))
+        if config.dpam_layer - 1 > depth:
+            warnings.warn(f"--dpam_layer {config.dpam_layer} asks for the value-value path in the top "
+                          f"{config.dpam_layer - 1} blocks of a {depth}-block vision tower: all {depth} get it (the "
+                          f"reference fails on such a tower; --dpam_layer {depth + 1} says the same)", UserWarning,
+                          stacklevel=2)
         check_image_size(config.image_size, self.backbone.patch_size)
         self.prompt_learner = ObjectAgnosticPrompts(self.backbone.clip.token_embedding, config.n_ctx, config.depth,
                                                     config.t_n_ctx)
@@ -64,7 +68,8 @@ class AnomalyCLIP(AnomalyModel):
     @property
     def first_dpam_block(self) -> int:
         """1-based index of the first block with the value-value path (blocks above it have it too)."""
-        return self.backbone.num_vision_layers - (self.config.dpam_layer - 1) + 1
+        depth = self.backbone.num_vision_layers
+        return depth - min(self.config.dpam_layer - 1, depth) + 1
 
     # ------------------------------------------------------------------ the vision tower (SPEC §1)
     @torch.no_grad()
