@@ -211,11 +211,15 @@ def test_settings_come_from_the_reference_tensors(ac_clip, config):
         build(ac_clip, config, AC_FIXTURE / "init.pth", n_ctx=5)
 
 
-def test_other_methods_checkpoints_are_not_taken_for_anomalyclip():
-    from models.checkpoint import method_of
+def test_other_methods_checkpoints_are_not_taken_for_anomalyclip(ac_clip, config):
+    from models import CheckpointError, resolve_config
+    from models.checkpoint import method_of, read_checkpoint
 
-    vip2 = torch.load(FIXTURE / "init.pth", weights_only=True)
-    assert method_of(vip2) == "vip2"
+    assert method_of(torch.load(FIXTURE / "init.pth", weights_only=True)) == "vip2"
+    with pytest.raises(CheckpointError, match="ViP²-CLIP checkpoint, not AnomalyCLIP: pass --model vip2"):
+        build(ac_clip, config, FIXTURE / "init.pth")
+    with pytest.raises(CheckpointError, match="AnomalyCLIP checkpoint, not ViP²-CLIP: pass --model anomalyclip"):
+        resolve_config("vip2", read_checkpoint(AC_FIXTURE / "init.pth"), AC_FIXTURE / "init.pth")
 
 
 def test_dpam_beyond_the_tower_covers_every_block_with_a_warning(ac_clip, config):
