@@ -1,4 +1,4 @@
-"""AnomalyCLIP parity with the authors' code (zqhang/AnomalyCLIP) on its tiny CLIP fixture, in-process and through the CLIs.
+"""AnomalyCLIP parity with the authors' code (zqhang/AnomalyCLIP) on its tiny CLIP fixture: in-process and the CLIs.
 
 tests/fixtures/anomalyclip_tiny/README.md says how the fixture was made. Tolerances are the issue's:
 init maps and scores 1e-5, per-step training losses 1e-5, trained maps 1e-4. Every setting comes
