@@ -77,6 +77,7 @@ def test_predict_gives_the_reference_maps_and_scores(fixture_images, expected, t
         np.testing.assert_allclose(np.load(out / row["map"]), expected["init_maps"][index], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # the export takes about 20 s on 2 cores
 def test_onnx_runtime_matches_pytorch(exported, fixture_images):
     from dataset import read_image
     from models import create_model
@@ -99,6 +100,7 @@ def test_onnx_runtime_matches_pytorch(exported, fixture_images):
         np.testing.assert_allclose(exported_scores, scores.numpy(), atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 def test_predict_onnx_equals_predict(exported, fixture_images, tmp_path):
     common = [str(tmp_path / "images"), "--save_raw", "--batch_size", "3"]
     with project_logging_kept():
