@@ -50,12 +50,9 @@ class AnomalyCLIP(AnomalyModel):
         super().__init__(config)
         self.backbone = FrozenCLIP(clip, self.positional_interpolation)
         depth = self.backbone.num_vision_layers
-        problems = []
         bad_layers = [layer for layer in config.features_list if not 1 <= layer <= depth]
         if bad_layers:
-            problems.append(f"--features_list {bad_layers} outside the vision tower's layers 1..{depth}")
-        if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError(f"--features_list {bad_layers} outside the vision tower's layers 1..{depth}")
         if config.dpam_layer - 1 > depth:
             warnings.warn(f"--dpam_layer {config.dpam_layer} asks for the value-value path in the top "
                           f"{config.dpam_layer - 1} blocks of a {depth}-block vision tower: all {depth} get it (the "
