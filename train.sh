@@ -2,6 +2,7 @@
 # The papers' training protocol, for either method:
 #   METHOD=vip2 (default): ViP²-CLIP on MVTec AD (for every other dataset) and on VisA (for MVTec AD), SPEC §5.
 #   METHOD=vcp:            VCP-CLIP on VisA (lr 4e-5, no mosaic) and on MVTec AD (lr 2e-5), SPEC_VCP §6, §12.
+#   METHOD=anomalyclip:    AnomalyCLIP on VisA (for MVTec AD) and on MVTec AD (for every other dataset), SPEC_ANOMALYCLIP §7.
 # The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); every
 # other setting is the method's default, which is the paper's (`python train.py --model $METHOD --help`).
 # Edit the variables below, or set them in the environment:

@@ -7,6 +7,8 @@ import re
 import sys
 
 import pytest
+
+from models import method_names
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -32,7 +34,7 @@ def _undocumented(options: list[str], text: str) -> list[str]:
     return [o for o in options if not re.search(rf"`{re.escape(o)}[` ]", text)]
 
 
-@pytest.mark.parametrize("method", ["vip2", "vcp"])
+@pytest.mark.parametrize("method", method_names())
 @pytest.mark.parametrize("script", ["train", "test", "predict", "export"])
 def test_every_flag_is_documented(script, method):
     options = [o for action in _parser(script, method)._actions for o in action.option_strings

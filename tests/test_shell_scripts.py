@@ -36,7 +36,7 @@ def tiny_weights(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["vip2", "vcp"])
+@pytest.mark.parametrize("method", ["vip2", "vcp", "anomalyclip"])
 def test_train_sh_then_test_sh(method, tmp_path, tiny_weights):
     paper = get_method(method).paper_tables()
     data = tmp_path / "data"
