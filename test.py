@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import metrics
-from models import get_method
+from models import fewshot, get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
 from runtime import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
 from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder,
@@ -52,6 +52,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     model.add_argument("--clip_weights", default="openai",
                        help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
     add_setting_flags(model, method.config, "test")
+    fewshot.add_flags(parser)
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--metrics", choices=tuple(metrics.LEVELS), default="image-pixel-level",
                             help="which metrics to compute")
@@ -131,6 +132,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
                          checkpoint_name=args.checkpoint_path, device=device, **settings)
     model.checkpoint_path = args.checkpoint_path
+    references = fewshot.prepare(model, args, dataset, device)
 
     save_path = Path(args.save_path)
     if context.is_main:
@@ -143,6 +145,8 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
                 method.title, len(dataset), len(dataset.class_names), dataset.meta_path, device, processes,
                 args.precision)
     logger.info("settings: %s", json.dumps(model.recorded_config()))
+    if references is not None:
+        logger.info("few-shot references: %s", json.dumps(references))
 
     batch_size = args.batch_size or default_batch_size(device)
     workers = args.num_workers
@@ -183,7 +187,9 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     atomic_write_json(nan_to_none({"method": method.name, "dataset": label, "checkpoint": str(args.checkpoint_path),
                                    "pro_mode": args.pro_mode, "settings": model.recorded_config(),
                                    "test_settings": {"sigma": config.sigma, **_test_only(model)},
-                                   "metrics": results, "run": stats}), save_path / RESULTS_FILE)
+                                   "metrics": results, "run": stats,
+                                   **({"references": references} if references is not None else {})}),
+                      save_path / RESULTS_FILE)
     failures = []  # the metrics are safe in results.json now; what follows may fail without losing them
     if args.save_maps:
         try:

@@ -63,6 +63,11 @@ class AnomalyModel(nn.Module):
     quick_gelu: bool = True
     positional_interpolation: str = "bilinear"
     set_normalization = False  # True: `finalize` normalises over the evaluated set (VCP-CLIP)
+    # True: the prompts name the image's class, so `forward`, `predict` and `training_losses` take
+    # `cls_names` (one per image), which inference and the trainer pass (APRIL-GAN).
+    class_conditioned = False
+    # True: a few-shot mode fed by `models/fewshot.py` (`few_shot` property, `set_references`).
+    supports_few_shot = False
 
     def __init__(self, config):
         super().__init__()

@@ -51,7 +51,10 @@ class AprilGAN(AnomalyModel):
         super().__init__(config)
         self.backbone = FrozenCLIP(clip, self.positional_interpolation)
         depth = self.backbone.num_vision_layers
-        for name, layers in (("features_list", config.features_list), ("few_shot_features", config.few_shot_features)):
+        checked = [("features_list", config.features_list)]
+        if config.mode == "few_shot":
+            checked.append(("few_shot_features", config.few_shot_features))
+        for name, layers in checked:
             bad = [layer for layer in layers if not 1 <= layer <= depth]
             if bad:
                 raise ValueError(f"--{name} {bad} outside the vision tower's layers 1..{depth}")
