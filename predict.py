@@ -92,6 +92,10 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     model.add_argument("--clip_weights", default="openai",
                        help="OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'")
     add_setting_flags(model, method.config, "test")
+    from models import fewshot
+
+    fewshot.add_class_flag(model)
+    fewshot.add_flags(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help=DEVICE_HELP)
     run.add_argument("--precision", choices=PRECISIONS, default="fp32", help=PRECISION_HELP)
@@ -338,7 +342,7 @@ def make_runner(args):
 
     method = get_method(args.model)
     return runners.load_torch_runner(method.name, checkpoint=args.checkpoint_path, clip_weights=args.clip_weights,
-                                     device=args.device, precision=args.precision,
+                                     device=args.device, precision=args.precision, bind_args=args,
                                      **values_from_args(args, method.config))
 
 

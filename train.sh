@@ -2,6 +2,7 @@
 # The papers' training protocol, for either method:
 #   METHOD=vip2 (default): ViP²-CLIP on MVTec AD (for every other dataset) and on VisA (for MVTec AD), SPEC §5.
 #   METHOD=vcp:            VCP-CLIP on VisA (lr 4e-5, no mosaic) and on MVTec AD (lr 2e-5), SPEC_VCP §6, §12.
+#   METHOD=aprilgan:       APRIL-GAN on MVTec AD (3 epochs, mosaic 0.2) and on VisA (15 epochs), SPEC_APRILGAN §6.
 # The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); every
 # other setting is the method's default, which is the paper's (`python train.py --model $METHOD --help`).
 # Edit the variables below, or set them in the environment:
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON=${PYTHON:-python}                       # the interpreter (a virtual environment's, say)
-METHOD=${METHOD:-vip2}                         # vip2 or vcp
+METHOD=${METHOD:-vip2}                         # vip2, vcp or aprilgan
 DATA_ROOT=${DATA_ROOT:-./data}                 # DATA_ROOT/NAME/meta.json, or DATA_ROOT/meta_NAME.json (VCP-CLIP's layout)
 CLIP_WEIGHTS=${CLIP_WEIGHTS:-openai}           # ViT-L-14-336px.pt, a state dict, or 'openai'
 CHECKPOINTS=${CHECKPOINTS:-./checkpoints/$METHOD}   # epoch_{n}.pth land in $CHECKPOINTS/{NAME}_train/

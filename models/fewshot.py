@@ -93,9 +93,10 @@ def choose(dataset, class_names, k_shot: int | None, seed: int, reference_dir=No
     return chosen
 
 
-def prepare(model, args, dataset, device) -> dict[str, list[str]] | None:
-    """Give a few-shot model its references for every class of `dataset`; returns the files used per class
-    (for the results), or None when the model runs zero-shot."""
+def prepare(model, args, dataset, device, class_names=None) -> dict[str, list[str]] | None:
+    """Give a few-shot model its references for every class of `dataset` (or `class_names`); returns the files
+    used per class (for the results), or None when the model runs zero-shot. Without a dataset (predict.py,
+    export.py) the references come from --reference_dir."""
     import torch
 
     from dataset import read_image
@@ -103,10 +104,40 @@ def prepare(model, args, dataset, device) -> dict[str, list[str]] | None:
     check(model, args)
     if not getattr(model, "few_shot", False):
         return None
-    chosen = choose(dataset, dataset.class_names, args.k_shot, args.seed, args.reference_dir)
+    if dataset is None and args.reference_dir is None:
+        raise FewShotError("few-shot mode here needs --reference_dir (normal images of the class): there is no "
+                           "dataset to draw --k_shot images from")
+    classes = list(class_names) if class_names is not None else dataset.class_names
+    chosen = choose(dataset, classes, args.k_shot, args.seed, args.reference_dir)
     used = {}
     for name, paths in chosen.items():
         images = torch.stack([read_image(path, model.image_size)[0] for path in paths]).to(device)
         model.set_references(name, images, paths)
         used[name] = [str(path) for path in paths]
     return used
+
+
+def add_class_flag(parser) -> None:
+    parser.add_argument("--class_name", default=None,
+                        help="the object class the prompts name, for methods whose prompts name it (APRIL-GAN): "
+                             "every image of the run is taken to be of this class")
+
+
+def bind(model, args, device) -> dict:
+    """For a run without a dataset (predict.py, export.py): the class a class-conditioned model names, and its
+    few-shot references. Returns what was bound (recorded with the outputs)."""
+    class_name = getattr(args, "class_name", None)
+    if not getattr(model, "class_conditioned", False):
+        if class_name is not None:
+            raise FewShotError(f"--model {model.method} does not name the class in its prompts: drop --class_name")
+        check(model, args)
+        return {}
+    if class_name is None:
+        raise FewShotError(f"--model {model.method}'s prompts name the object class: pass --class_name NAME (the "
+                           "class name it was evaluated with, e.g. the meta file's class key)")
+    model.bind_class(class_name)
+    bound = {"class_name": class_name}
+    references = prepare(model, args, None, device, class_names=[class_name])
+    if references is not None:
+        bound["references"] = references[class_name]
+    return bound

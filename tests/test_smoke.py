@@ -6,7 +6,7 @@ from conftest import run_script
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["vip2", "vcp"])
+@pytest.mark.parametrize("model", ["vip2", "vcp", "aprilgan"])
 def test_smoke_run_trains_and_evaluates_and_keeps_nothing(model, tmp_path):
     result = run_script("test.py", "--smoke", "--model", model, "--device", "cpu", timeout=180,
                         env={"TMPDIR": str(tmp_path)})

@@ -60,14 +60,19 @@ class AprilGAN(AnomalyModel):
                 raise ValueError(f"--{name} {bad} outside the vision tower's layers 1..{depth}")
         check_image_size(config.image_size, self.backbone.patch_size)
         self.linear = LinearLayers(self.backbone.vision_width, self.backbone.embed_dim, len(config.features_list))
-        self._text: dict[str, torch.Tensor] = {}
+        self._text_cache: dict[str, torch.Tensor] = {}  # `*_cache`: export.py empties it before tracing
         self.reference_classes: list[str] = []
         self.reference_paths: dict[str, list[str]] = {}
+        self.bound_class: str | None = None
 
-    @property
-    def set_normalization(self) -> bool:
-        """Few-shot image scores are normalised over each class of the evaluated set (SPEC_APRILGAN §5)."""
-        return self.config.mode == "few_shot"
+    # Not VCP-CLIP's min-max of maps and scores: the few-shot score fusion over a class (SPEC_APRILGAN §5) is
+    # `finalize`'s, which test.py applies; a per-image run (predict.py, exported files) reports the zero-shot part.
+    set_normalization = False
+
+    def bind_class(self, cls_name: str) -> None:
+        """The class every image of a run without class names is taken to be (predict.py, exported files)."""
+        self.bound_class = cls_name
+        self.class_text(cls_name)
 
     @property
     def few_shot(self) -> bool:
@@ -79,7 +84,7 @@ class AprilGAN(AnomalyModel):
         """`[E, 2]` (normal, abnormal) text embeddings of one class: each sentence encoded and normalised, the
         mean per state normalised again. Computed once per class and kept."""
         device = self.backbone.clip.text_projection.device
-        cached = self._text.get(cls_name)
+        cached = self._text_cache.get(cls_name)
         if cached is not None and cached.device == device:
             return cached
         states = []
@@ -88,24 +93,29 @@ class AprilGAN(AnomalyModel):
             encoded = self.backbone.encode_prompts(self.backbone.embed_tokens(token_ids), token_ids)
             mean = encoded.mean(dim=0)
             states.append(mean / mean.norm())
-        self._text[cls_name] = torch.stack(states, dim=1)
-        return self._text[cls_name]
+        self._text_cache[cls_name] = torch.stack(states, dim=1)
+        return self._text_cache[cls_name]
 
     def text_features(self, cls_names) -> torch.Tensor:
         """`[N, E, 2]` for a batch, by class name."""
         return torch.stack([self.class_text(name) for name in cls_names])
 
-    def _classes(self, cls_names, count: int) -> list[str]:
+    def _classes(self, cls_names, count: int) -> list[str] | str:
+        """Each image's class, or one class name (str) for the whole batch (then nothing depends on its size)."""
         if cls_names is not None:
             if len(cls_names) != count:
                 raise ValueError(f"{len(cls_names)} class names for {count} images")
-            return list(cls_names)
-        if len(self.reference_classes) == 1:
-            return self.reference_classes * count
-        if len(self._text) == 1:
-            return list(self._text) * count
+            names = list(cls_names)
+            return names[0] if len(set(names)) == 1 else names
+        if self.bound_class is not None:
+            return self.bound_class
         raise ValueError("APRIL-GAN's prompts name the object class: give each image's class name "
-                         "(predict.py --class_name)")
+                         "(predict.py / export.py --class_name)")
+
+    def _text_for(self, names, count: int) -> torch.Tensor:
+        if isinstance(names, str):
+            return self.class_text(names).unsqueeze(0).expand(count, -1, -1)
+        return self.text_features(names)
 
     # ------------------------------------------------------------------ the maps (SPEC_APRILGAN §3, §4)
     def extract_features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -132,18 +142,17 @@ class AprilGAN(AnomalyModel):
         """Per layer, `[N, 2, S, S]`: upsampled first, softmax over the two states after (as the reference)."""
         return [torch.softmax(self.upsample(logits), dim=1) for logits in self.layer_logits(features, text)]
 
-    def few_shot_map(self, images_taps: dict[int, torch.Tensor], cls_names: list[str]) -> torch.Tensor:
+    def few_shot_map(self, images_taps: dict[int, torch.Tensor], names) -> torch.Tensor:
         """Sum over the memory layers of the upsampled distance `1 - max cosine` to the class's memory, `[N, S, S]`."""
-        n = len(cls_names)
         total = None
         for j, layer in enumerate(self.config.memory_layers):
             patches = F.normalize(images_taps[layer][:, 1:].float(), dim=-1)  # [N, L, W]
-            distances = []
-            for i, name in enumerate(cls_names):
-                memory = self.memory(name, j)
-                cosine = memory @ patches[i].t()  # [M, L]
-                distances.append((1 - cosine).min(dim=0).values)
-            distance = torch.stack(distances)
+            n = patches.shape[0]
+            if isinstance(names, str):  # one class: one batched product
+                distance = (1 - patches @ self.memory(names, j).t()).min(dim=-1).values
+            else:
+                distance = torch.stack([(1 - self.memory(name, j) @ patches[i].t()).min(dim=0).values
+                                        for i, name in enumerate(names)])
             side = int(distance.shape[1] ** 0.5)
             upsampled = self.upsample(distance.reshape(n, 1, side, side))[:, 0]
             total = upsampled if total is None else total + upsampled
@@ -166,7 +175,7 @@ class AprilGAN(AnomalyModel):
         names = self._classes(cls_names, images.shape[0])
         layers = set(self.config.layers) | (set(self.config.memory_layers) if self.few_shot else set())
         final, taps = self.backbone.residual_streams(images, sorted(layers))
-        text = self.text_features(names)
+        text = self._text_for(names, images.shape[0])
         features = tuple(taps[layer][:, 1:] for layer in self.config.layers)
         maps = sum(p[:, 1] for p in self.probability_maps(features, text))
         if self.few_shot:
@@ -212,7 +221,7 @@ class AprilGAN(AnomalyModel):
     # ------------------------------------------------------------------ training (SPEC_APRILGAN §6)
     def training_losses(self, features, masks, labels, cls_names=None) -> dict[str, torch.Tensor]:
         names = self._classes(cls_names, masks.shape[0])
-        maps = self.probability_maps(features, self.text_features(names))
+        maps = self.probability_maps(features, self._text_for(names, masks.shape[0]))
         target = masks.float()
         total = 0
         losses = {}
