@@ -19,7 +19,7 @@ def _parser(script: str, method: str | None):
     return module.build_parser(method) if method else module.build_parser()  # demo.py's takes no method
 
 
-@pytest.mark.parametrize("method", ["vip2", "vcp"])
+@pytest.mark.parametrize("method", ["vip2", "vcp", "aprilgan"])
 @pytest.mark.parametrize("script", ["train", "test", "predict", "export"])
 def test_every_flag_is_documented(script, method):
     options = [o for action in _parser(script, method)._actions for o in action.option_strings
