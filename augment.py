@@ -54,12 +54,22 @@ def mosaic(images: list[Image.Image], masks: list[np.ndarray]) -> tuple[Image.Im
     return canvas, np.asarray(mask_canvas) > 0
 
 
+MOSAIC_POOLS = ("anomalous", "any_defect_type")
+
+
 @dataclass
 class Augmentation:
     mosaic_rate: float = -1.0
     albumentations: bool = False
+    # Where the mosaic's four images come from: "anomalous" (VCP-CLIP: the class's anomalous items) or
+    # "any_defect_type" (APRIL-GAN: a random defect type of the class, `good` included, then a random image of it).
+    mosaic_pool: str = "anomalous"
     _pipeline: object = field(default=None, init=False, repr=False, compare=False)
     _seeded_for: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.mosaic_pool not in MOSAIC_POOLS:
+            raise ValueError(f"mosaic_pool must be one of {', '.join(MOSAIC_POOLS)}, got {self.mosaic_pool!r}")
 
     @property
     def active(self) -> bool:

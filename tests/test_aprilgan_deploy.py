@@ -248,3 +248,25 @@ def test_export_few_shot_keeps_the_memory_inside_and_matches_pytorch(clip, tmp_p
         np.testing.assert_allclose(np.load(tmp_path / "onnx" / got["map"]), np.load(tmp_path / "torch" / want["map"]),
                                    atol=TOLERANCE, rtol=0)
     assert json.loads(json.dumps(runner.info.bound))  # JSON-ready, as written into the metadata
+
+
+@pytest.mark.parametrize("pool, normal_drawn", [("any_defect_type", True), ("anomalous", False)])
+def test_mosaic_pools(pool, normal_drawn, monkeypatch):
+    """APRIL-GAN's mosaic draws a defect type first, `good` included; VCP-CLIP's only anomalous images."""
+    import random
+
+    from augment import Augmentation
+    from dataset import AnomalyDataset
+
+    data = AnomalyDataset(FIXTURE / "data", 98, augmentation=Augmentation(mosaic_rate=1.0, mosaic_pool=pool))
+    decoded = []
+    original = AnomalyDataset._decode
+    monkeypatch.setattr(AnomalyDataset, "_decode", lambda self, s: (decoded.append(s), original(self, s))[1])
+    random.seed(0)
+    for index in range(len(data)):
+        item = data[index]
+        assert item["img"].shape == (3, 98, 98)
+    picks = [s for i, s in enumerate(decoded) if i % 5]  # each item: its own decode, then the four picks
+    assert all(p.cls_name == data.samples[i // 5].cls_name for i, p in enumerate(decoded) if i % 5)
+    assert any(not p.anomaly for p in picks) is normal_drawn
+    assert {p.specie_name for p in picks} >= {"blob", "scratch"}

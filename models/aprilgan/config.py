@@ -70,7 +70,8 @@ class AprilGANTraining:
     batch_size: int = setting(8, "images per optimiser step", kind="train", type=positive_int)
     learning_rate: float = setting(1e-3, "Adam learning rate (betas 0.5, 0.999)", kind="train", type=float)
     seed: int = setting(111, "seed of initialisation, shuffling and the mosaic", kind="train", type=int)
-    aug_rate: float = setting(-1.0, "probability that a training sample becomes a 2x2 mosaic (the released "
+    aug_rate: float = setting(-1.0, "probability that a training sample becomes a 2x2 mosaic of four images of "
+                                    "its class, each of a random defect type (normal included) (the released "
                                     "train.sh: 0.2 on MVTec AD; the VisA loader has none; negative: never)",
                               kind="train", type=float, check=_probability_or_off)
 
@@ -83,5 +84,5 @@ class AprilGANTraining:
         """The mosaic only (no photometric augmentation); None when off, so the frozen features can be cached."""
         from augment import Augmentation
 
-        augmentation = Augmentation(mosaic_rate=self.aug_rate, albumentations=False)
+        augmentation = Augmentation(mosaic_rate=self.aug_rate, albumentations=False, mosaic_pool="any_defect_type")
         return augmentation if augmentation.active else None
