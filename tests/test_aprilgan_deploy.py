@@ -270,3 +270,26 @@ def test_mosaic_pools(pool, normal_drawn, monkeypatch):
     assert all(p.cls_name == data.samples[i // 5].cls_name for i, p in enumerate(decoded) if i % 5)
     assert any(not p.anomaly for p in picks) is normal_drawn
     assert {p.specie_name for p in picks} >= {"blob", "scratch"}
+
+
+def test_test_py_few_shot_with_k_shot_records_its_references(tmp_path):
+    import test as test_script
+
+    from models import fewshot
+
+    arguments = ["--model", "aprilgan", "--data_path", str(FIXTURE / "data"), "--checkpoint_path",
+                 str(FIXTURE / "init.pth"), "--clip_weights", str(FIXTURE / "clip_tiny.npz"), *SETTINGS, "--mode",
+                 "few_shot", "--few_shot_features", "2", "4", "--k_shot", "2", "--seed", "5", "--device", "cpu",
+                 "--num_workers", "0"]
+    test_script.main([*arguments, "--save_path", str(tmp_path / "a")])
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    from dataset import AnomalyDataset
+
+    dataset = AnomalyDataset(FIXTURE / "data", 98)
+    expected = fewshot.choose(dataset, dataset.class_names, 2, 5)
+    assert results["references"] == {k: [str(p) for p in v] for k, v in expected.items()}
+    assert "few-shot references" in (tmp_path / "a" / "log.txt").read_text()
+    with pytest.raises(ValueError, match="add --mode few_shot"):
+        test_script.main(["--model", "aprilgan", "--data_path", str(FIXTURE / "data"), "--checkpoint_path",
+                          str(FIXTURE / "init.pth"), "--clip_weights", str(FIXTURE / "clip_tiny.npz"), *SETTINGS,
+                          "--k_shot", "2", "--device", "cpu", "--save_path", str(tmp_path / "b")])
