@@ -230,3 +230,26 @@ def test_train_command_then_test(tmp_path, expected, config):
                FIXTURE / "clip_tiny.npz", "--checkpoint_path", checkpoint, "--device", "cpu", "--save_path",
                tmp_path / "out", "--save_maps", tmp_path / "m.npz")
     _check(tmp_path / "m.npz", "trained", expected, TRAINED_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_two_process_training_reproduces_the_reference(tmp_path, expected, config):
+    """torchrun, 2 processes: each rank half of every batch, each image's class name travelling with it."""
+    import os
+    import subprocess
+    import sys
+
+    ckpt = tmp_path / "ckpt"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "train.py"),
+         "--model", "aprilgan", "--train_data_path", str(FIXTURE / "data"), "--clip_weights",
+         str(FIXTURE / "clip_tiny.npz"), "--init_checkpoint", str(FIXTURE / "init.pth"), "--image_size",
+         str(config["image_size"]), "--features_list", *map(str, config["features_list"]), "--epoch",
+         str(config["epochs"]), "--batch_size", str(config["batch_size"]), "--learning_rate",
+         str(config["learning_rate"]), "--save_freq", str(config["epochs"]), "--save_path", str(ckpt), "--device",
+         "cpu", "--num_workers", "0"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = json.loads((ckpt / "losses.json").read_text())
+    for ours, reference in zip(losses, expected["json"]["train_steps"], strict=True):
+        assert ours["loss"] == pytest.approx(reference["loss"], abs=LOSS_TOLERANCE)
