@@ -188,10 +188,12 @@ class Trainer:
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batches.batch_size, shuffle=False)
         maps: dict[str, list[torch.Tensor]] = {}
         masks = []
+        conditioned = getattr(self.model, "class_conditioned", False)  # its prompts name each image's class
         for raw in tqdm(loader, desc="validation", leave=False, unit="batch"):
             images = normalize_images(raw["img"].to(self.device))
             with autocast(self.precision, self.device):
-                named = self.model.validation_maps(images)
+                named = (self.model.validation_maps(images, cls_names=list(raw["cls_name"])) if conditioned
+                         else self.model.validation_maps(images))
             for name, values in named.items():
                 maps.setdefault(name, []).append(values.float().cpu())
             masks.append(raw["img_mask"])

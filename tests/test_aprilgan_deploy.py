@@ -293,3 +293,20 @@ def test_test_py_few_shot_with_k_shot_records_its_references(tmp_path):
         test_script.main(["--model", "aprilgan", "--data_path", str(FIXTURE / "data"), "--checkpoint_path",
                           str(FIXTURE / "init.pth"), "--clip_weights", str(FIXTURE / "clip_tiny.npz"), *SETTINGS,
                           "--k_shot", "2", "--device", "cpu", "--save_path", str(tmp_path / "b")])
+
+
+def test_validation_during_training_scores_the_epochs_maps(tmp_path):
+    """--val_data_path: the logged pixel AP is test.py's mean pixel AP of that epoch's checkpoint."""
+    import test as test_script
+    import train
+
+    common = ["--model", "aprilgan", "--clip_weights", str(FIXTURE / "clip_tiny.npz"), "--device", "cpu",
+              "--num_workers", "0"]
+    train.main([*common, "--train_data_path", str(FIXTURE / "data"), "--init_checkpoint", str(FIXTURE / "init.pth"),
+                *SETTINGS, "--epoch", "1", "--batch_size", "6", "--save_path", str(tmp_path / "ckpt"),
+                "--val_data_path", str(FIXTURE / "data")])
+    logged = json.loads((tmp_path / "ckpt" / "validation.json").read_text())
+    results = test_script.main([*common, "--data_path", str(FIXTURE / "data"), "--checkpoint_path",
+                                str(tmp_path / "ckpt" / "epoch_1.pth"), "--save_path", str(tmp_path / "out"),
+                                "--metrics", "pixel-level"])
+    assert logged[0]["ap"] == pytest.approx(results["mean"]["pixel_ap"], abs=1e-6)

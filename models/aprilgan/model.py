@@ -238,8 +238,10 @@ class AprilGAN(AnomalyModel):
     def make_optimizer(self, training) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.linear.parameters(), lr=training.learning_rate, betas=(0.5, 0.999))
 
-    def validation_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError("APRIL-GAN's maps need each image's class name; validation is not wired for it")
+    def validation_maps(self, images: torch.Tensor, cls_names=None) -> dict[str, torch.Tensor]:
+        """The zero-shot map (normalised images in), for the optional per-epoch validation's pixel AP."""
+        maps, _ = self.predict(images, cls_names)
+        return {"ap": maps}
 
     # ------------------------------------------------------------------ checkpoints (SPEC_APRILGAN §8)
     @classmethod
