@@ -47,6 +47,7 @@ class Sample:
     mask_path: str
     cls_name: str
     anomaly: int
+    specie_name: str = ""  # the defect type (`good` for normal images), when the meta file names it
 
 
 def _regenerate_hint(root: Path) -> str:
@@ -116,7 +117,8 @@ def samples_from_meta(meta: dict, split: str, root: Path, meta_path: Path) -> li
             if problem:
                 problems.append(problem)
                 continue
-            sample = Sample(item["img_path"], item.get("mask_path") or "", str(cls_name), _label(item["anomaly"]))
+            sample = Sample(item["img_path"], item.get("mask_path") or "", str(cls_name), _label(item["anomaly"]),
+                            str(item.get("specie_name") or ("anomalous" if _label(item["anomaly"]) else "good")))
             if sample.img_path in seen:
                 problems.append(f"{sample.img_path!r} is listed twice (classes {seen[sample.img_path]!r} and "
                                 f"{cls_name!r}): remove one")
@@ -257,9 +259,11 @@ class AnomalyDataset(torch.utils.data.Dataset):
         self.samples = samples_from_meta(meta, split, self.root, self.meta_path)
         check_files(self.samples, self.root, self.meta_path)
         self._anomalous_of_class: dict[str, list[int]] = {}
+        self._species_of_class: dict[str, dict[str, list[int]]] = {}  # class -> defect type -> items
         for index, sample in enumerate(self.samples):
             if sample.anomaly:
                 self._anomalous_of_class.setdefault(sample.cls_name, []).append(index)
+            self._species_of_class.setdefault(sample.cls_name, {}).setdefault(sample.specie_name, []).append(index)
 
     @property
     def class_names(self) -> list[str]:
@@ -285,16 +289,25 @@ class AnomalyDataset(torch.utils.data.Dataset):
             mask = np.zeros((image.size[1], image.size[0]), dtype=bool)
         return image, mask
 
+    def _mosaic_pool_has(self, cls_name: str, pool: str) -> bool:
+        return bool(self._anomalous_of_class.get(cls_name)) if pool == "anomalous" else True
+
+    def _mosaic_pick(self, cls_name: str, pool: str) -> int:
+        if pool == "anomalous":
+            return random.choice(self._anomalous_of_class[cls_name])
+        species = self._species_of_class[cls_name]  # a defect type first (normal included), then an image of it
+        return random.choice(species[random.choice(sorted(species))])
+
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image, mask = self._decode(sample)
         augmentation = self.augmentation
         if augmentation is not None:
-            if augmentation.mosaic_rate > 0 and augmentation.wants_mosaic() and self._anomalous_of_class.get(
-                    sample.cls_name):
+            if augmentation.mosaic_rate > 0 and augmentation.wants_mosaic() and self._mosaic_pool_has(
+                    sample.cls_name, augmentation.mosaic_pool):
                 from engine.augment import mosaic
 
-                picks = [self.samples[random.choice(self._anomalous_of_class[sample.cls_name])] for _ in range(4)]
+                picks = [self.samples[self._mosaic_pick(sample.cls_name, augmentation.mosaic_pool)] for _ in range(4)]
                 image, mask = mosaic(*zip(*(self._decode(pick) for pick in picks)))
             image, mask = augmentation.photometric(image, mask)
         return {"img": resize_image(image, self.image_size), "img_mask": resize_mask(mask, self.image_size),

@@ -68,6 +68,10 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                                       "from it)")
     add_checkpoint_flags(model, required=True)
     add_setting_flags(model, method.config, "test")
+    from models import fewshot
+
+    fewshot.add_class_flag(model)
+    fewshot.add_flags(parser)
     return parser
 
 
@@ -138,7 +142,7 @@ def check_dependencies(fmt: str) -> None:
 
 # ---------------------------------------------------------------- export
 
-def model_info(model, precision: str, checkpoint=None, fmt: str = "onnx") -> ModelInfo:
+def model_info(model, precision: str, checkpoint=None, fmt: str = "onnx", bound=None) -> ModelInfo:
     import open_clip
     import torch
 
@@ -148,7 +152,7 @@ def model_info(model, precision: str, checkpoint=None, fmt: str = "onnx") -> Mod
 
         exporter += f", OpenVINO {openvino.__version__}"
     return ModelInfo.of_model(model, precision, checkpoint, exporter=exporter,
-                              checkpoint_sha256=sha256_of(checkpoint) if checkpoint else "")
+                              checkpoint_sha256=sha256_of(checkpoint) if checkpoint else "", bound=dict(bound or {}))
 
 
 def sample_images(batch: int, size: int, seed: int = 0):
@@ -270,13 +274,13 @@ def compare(model, runner) -> dict:
     return report
 
 
-def export_model(model, output, fmt: str = "onnx", precision: str = "fp32", checkpoint=None) -> dict:
+def export_model(model, output, fmt: str = "onnx", precision: str = "fp32", checkpoint=None, bound=None) -> dict:
     """Write `model` (an AnomalyModel on the CPU, eval mode) to `output`, check it against PyTorch, return the
     check's figures. Raises ExportedModelError, leaving no file, when an fp32 file is off by more than 1e-4."""
     from deploy.runners import OnnxRunner, OpenVinoRunner
 
     output = Path(output)
-    info = model_info(model, precision, checkpoint, fmt)
+    info = model_info(model, precision, checkpoint, fmt, bound)
     start = time.time()
     log.info("tracing %s at %d px with a dynamic batch (torch.export)", info.title, info.image_size)
     program = trace(model)
@@ -332,7 +336,10 @@ def main(argv=None) -> dict:
     log.info("building %s from %s on CLIP %s", method.title, args.checkpoint_path, args.clip_weights)
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
                          checkpoint_name=args.checkpoint_path, device="cpu", **values_from_args(args, method.config))
-    return export_model(model, output, args.format, args.precision, checkpoint=args.checkpoint_path)
+    from models import fewshot
+
+    bound = fewshot.bind(model, args, "cpu")  # the class a class-conditioned model names; few-shot references
+    return export_model(model, output, args.format, args.precision, checkpoint=args.checkpoint_path, bound=bound)
 
 
 def cli():

@@ -86,6 +86,10 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     add_checkpoint_flags(model, checkpoint_help=CHECKPOINT_HELP + " (required unless --onnx or --openvino is given)")
     _add_exported_flags(model)
     add_setting_flags(model, method.config, "test")
+    from models import fewshot
+
+    fewshot.add_class_flag(model)
+    fewshot.add_flags(parser)
     run = parser.add_argument_group("run")
     add_run_flags(run)
     return parser
@@ -329,7 +333,7 @@ def make_runner(args, device=None):
 
     method = get_method(args.model)
     return runners.load_torch_runner(method.name, checkpoint=args.checkpoint_path, clip_weights=args.clip_weights,
-                                     device=device, precision=args.precision,
+                                     device=device, precision=args.precision, bind_args=args,
                                      **values_from_args(args, method.config))
 
 

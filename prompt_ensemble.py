@@ -8,6 +8,9 @@ gets its own normal and abnormal prompt.
 VCP-CLIP's unified text prompt (SPEC_VCP §2): "a photo of a good|damaged <|class|>", the
 slot filled per image with learnable category vectors (`models/vcp/text.py`).
 
+APRIL-GAN's fixed ensemble (SPEC_APRILGAN §2): every state phrase of a class in every
+template, per state (normal, abnormal); the embeddings are averaged per state.
+
 This module imports nothing of the project's, so any model module can use it.
 """
 from __future__ import annotations
@@ -24,6 +27,29 @@ PROMPT_INIT_STD = 0.02
 
 # VCP-CLIP: one template per state, the category slot `<|class|>` at its end.
 VCP_TEMPLATES = ("a photo of a good", "a photo of a damaged")
+
+
+# APRIL-GAN (WinCLIP's compositional ensemble): state phrases per class, then templates around them.
+APRILGAN_NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
+                          "{} without damage")
+APRILGAN_ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
+APRILGAN_TEMPLATES = (
+    "a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.", "a cropped photo of the {}.",
+    "a bright photo of a {}.", "a dark photo of the {}.", "a photo of my {}.", "a photo of the cool {}.",
+    "a close-up photo of a {}.", "a black and white photo of the {}.", "a bright photo of the {}.",
+    "a cropped photo of a {}.", "a jpeg corrupted photo of a {}.", "a blurry photo of the {}.", "a photo of the {}.",
+    "a good photo of the {}.", "a photo of one {}.", "a close-up photo of the {}.", "a photo of a {}.",
+    "a low resolution photo of a {}.", "a photo of a large {}.", "a blurry photo of a {}.",
+    "a jpeg corrupted photo of the {}.", "a good photo of a {}.", "a photo of the small {}.",
+    "a photo of the large {}.", "a black and white photo of a {}.", "a dark photo of a {}.",
+    "a photo of a cool {}.", "a photo of a small {}.", "there is a {} in the scene.", "there is the {} in the scene.",
+    "this is a {} in the scene.", "this is the {} in the scene.", "this is one {} in the scene.")
+
+
+def aprilgan_sentences(cls_name: str) -> tuple[list[str], list[str]]:
+    """The normal and the abnormal sentences of one class, state-major (each state in every template)."""
+    return tuple([template.format(state.format(cls_name)) for state in states for template in APRILGAN_TEMPLATES]
+                 for states in (APRILGAN_NORMAL_STATES, APRILGAN_ABNORMAL_STATES))
 
 
 def tokenize(texts):

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import metrics
-from models import get_method
+from models import fewshot, get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
 from engine.cli import add_checkpoint_flags, add_overwrite_flag, add_run_flags
 from utils import HelpFormatter, OutputError, check_output_file, check_output_folder, non_negative_int, run_cli
@@ -48,6 +48,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     model = parser.add_argument_group(f"model ({method.title}; settings a checkpoint records are read from it)")
     add_checkpoint_flags(model)
     add_setting_flags(model, method.config, "test")
+    fewshot.add_flags(parser)
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--metrics", choices=tuple(metrics.LEVELS), default="image-pixel-level",
                             help="which metrics to compute")
@@ -120,6 +121,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
                          checkpoint_name=args.checkpoint_path, device=device, config=config, **settings)
     model.checkpoint_path = args.checkpoint_path
+    references = fewshot.prepare(model, args, dataset, device)
 
     save_path = Path(args.save_path)
     if context.is_main:
@@ -133,6 +135,8 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
                 args.precision)
     logger.info("settings: %s", json.dumps(model.recorded_config()))
     log_machine(logger, args.precision, device)
+    if references is not None:
+        logger.info("few-shot references: %s", json.dumps(references))
 
     batch_size = args.batch_size or default_batch_size(device)
     workers = loader_workers(args.num_workers, device)
@@ -173,7 +177,9 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
                                    "pro_mode": args.pro_mode, "pro_fpr_limit": args.pro_fpr_limit,
                                    "settings": model.recorded_config(),
                                    "test_settings": {"sigma": config.sigma, **_test_only(model)},
-                                   "metrics": results, "run": stats}), save_path / RESULTS_FILE)
+                                   "metrics": results, "run": stats,
+                                   **({"references": references} if references is not None else {})}),
+                      save_path / RESULTS_FILE)
     failures = []  # the metrics are safe in results.json now; what follows may fail without losing them
     if args.save_maps:
         try:

@@ -3,6 +3,8 @@
 #   METHOD=vip2 (default): the MVTec-trained model on every other dataset, the VisA-trained one on MVTec AD.
 #   METHOD=vcp:            the VisA-trained model on the other nine datasets, the MVTec-trained one on VisA.
 #   METHOD=anomalyclip:    the VisA-trained model on MVTec AD, the MVTec-trained one on every other dataset.
+#   METHOD=aprilgan:       the VisA-trained model on MVTec AD, the MVTec-trained one on VisA (zero-shot; few-shot:
+#                          EXTRA_ARGS="--mode few_shot --k_shot 4").
 # Which checkpoint evaluates which dataset comes from the method's paper (`python -m models.paper $METHOD test`);
 # every setting comes from the checkpoint. Datasets without a meta file are skipped with a note; the
 # script fails when nothing at all was evaluated.

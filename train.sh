@@ -3,6 +3,7 @@
 #   METHOD=vip2 (default): ViP²-CLIP on MVTec AD (for every other dataset) and on VisA (for MVTec AD), SPEC §5.
 #   METHOD=vcp:            VCP-CLIP on VisA (lr 4e-5, no mosaic) and on MVTec AD (lr 2e-5), SPEC_VCP §6, §12.
 #   METHOD=anomalyclip:    AnomalyCLIP on VisA (for MVTec AD) and on MVTec AD (for every other dataset), SPEC_ANOMALYCLIP §7.
+#   METHOD=aprilgan:       APRIL-GAN on MVTec AD (3 epochs, mosaic 0.2) and on VisA (15 epochs), SPEC_APRILGAN §6.
 # The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); every
 # other setting is the method's default, which is the paper's (`python train.py --model $METHOD --help`).
 # Edit the variables below, or set them in the environment:

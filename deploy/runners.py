@@ -48,6 +48,7 @@ class ModelInfo:
     clip_fingerprint: str = ""
     exporter: str = ""  # torch, open_clip and opset versions
     format: str = EXPORT_FORMAT
+    bound: dict = dataclasses.field(default_factory=dict)  # class name and few-shot references a model was given
 
     @classmethod
     def of_model(cls, model, precision: str = "fp32", checkpoint=None, **recorded) -> ModelInfo:
@@ -119,15 +120,23 @@ class TorchRunner(Runner):
 
 
 def load_torch_runner(method: str, *, checkpoint, clip_weights: str = "openai", device: str = "auto",
-                      precision: str = "fp32", **settings) -> TorchRunner:
-    """A checkpoint on its CLIP, as predict.py has always run it."""
+                      precision: str = "fp32", bind_args=None, **settings) -> TorchRunner:
+    """A checkpoint on its CLIP, as predict.py has always run it. `bind_args` (predict.py's arguments): the class
+    name and few-shot references of methods that take them (`models.fewshot.bind`)."""
     from models import create_model
     from engine.devices import configure_precision, resolve_device
 
     resolved = resolve_device(device)  # a torch.device passes through as it is
     configure_precision(precision)
     model = create_model(method, clip_weights=clip_weights, checkpoint=checkpoint, device=resolved, **settings)
-    return TorchRunner(model, resolved, precision, str(checkpoint))
+    bound = {}
+    if bind_args is not None:
+        from models import fewshot
+
+        bound = fewshot.bind(model, bind_args, resolved)
+    runner = TorchRunner(model, resolved, precision, str(checkpoint))
+    runner.info = dataclasses.replace(runner.info, bound=bound)
+    return runner
 
 
 class OnnxRunner(Runner):

@@ -8,6 +8,8 @@ resize of SPEC_VCP §8, as in the reference:
   offsets of the first one's size (other sizes overlap or are cut, as in the reference),
   their masks pasted the same way. The reference read them from hard-coded MVTec AD
   paths; here they come from the class's anomalous items in the meta file, for any dataset.
+  APRIL-GAN's mosaic (`mosaic_pool="any_defect_type"`, SPEC_APRILGAN §6) draws each of the four
+  from a random defect type of the class, `good` included, then a random image of that type.
 * albumentations (on unless `--no_albumentations`): Rotate(30°, p .5), RandomRotate90
   (p .5), RandomBrightnessContrast (p .5), GaussNoise (p .5), one of Blur(3) / ColorJitter /
   GaussianBlur (p .5); the rotations move the mask too.
@@ -54,12 +56,22 @@ def mosaic(images: list[Image.Image], masks: list[np.ndarray]) -> tuple[Image.Im
     return canvas, np.asarray(mask_canvas) > 0
 
 
+MOSAIC_POOLS = ("anomalous", "any_defect_type")
+
+
 @dataclass
 class Augmentation:
     mosaic_rate: float = -1.0
     albumentations: bool = False
+    # Where the mosaic's four images come from: "anomalous" (VCP-CLIP: the class's anomalous items) or
+    # "any_defect_type" (APRIL-GAN: a random defect type of the class, `good` included, then a random image of it).
+    mosaic_pool: str = "anomalous"
     _pipeline: object = field(default=None, init=False, repr=False, compare=False)
     _seeded_for: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.mosaic_pool not in MOSAIC_POOLS:
+            raise ValueError(f"mosaic_pool must be one of {', '.join(MOSAIC_POOLS)}, got {self.mosaic_pool!r}")
 
     @property
     def active(self) -> bool:

@@ -54,6 +54,9 @@ def predict_dataset(model, dataset, device: torch.device, *, batch_size: int, wo
     masks = torch.empty((count, size, size), dtype=torch.uint8, device=device)
     scores = torch.empty(count, dtype=torch.float32, device=device)
     labels = torch.empty(count, dtype=torch.long, device=device)
+    # A class-conditioned method (its prompts name the class) gets each image's class name.
+    names = ([dataset.samples[i].cls_name for i in (range(len(dataset)) if indices is None else indices)]
+             if getattr(model, "class_conditioned", False) else None)
     loader = torch.utils.data.DataLoader(subset, batch_size=loader_chunk(batch_size, workers), shuffle=False,
                                          num_workers=workers, pin_memory=device.type == "cuda")
     start = 0
@@ -61,7 +64,8 @@ def predict_dataset(model, dataset, device: torch.device, *, batch_size: int, wo
         for batch in device_batches(loader, batch_size, device):
             stop = start + batch["img"].shape[0]
             with autocast(precision, device):
-                batch_maps, batch_scores = model(batch["img"])
+                batch_maps, batch_scores = (model(batch["img"]) if names is None
+                                            else model(batch["img"], names[start:stop]))
             maps[start:stop] = batch_maps
             scores[start:stop] = batch_scores
             masks[start:stop] = batch["img_mask"]
@@ -75,7 +79,7 @@ def predict_dataset(model, dataset, device: torch.device, *, batch_size: int, wo
 def warm_up(model, device: torch.device, precision: str) -> float:
     """On a GPU, one pass over two blank images before the clock starts: CUDA's one-time set-up
     (kernel loading, library handles) belongs with model loading, not with images/s."""
-    if device.type != "cuda":
+    if device.type != "cuda" or getattr(model, "class_conditioned", False):  # no class to name for blank images
         return 0.0
     start = time.time()
     size = model.image_size

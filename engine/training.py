@@ -30,7 +30,9 @@ class TrainingStep(nn.Module):
         self.trainable = nn.ModuleList(model.trainable_modules())
         object.__setattr__(self, "model", model)  # not a submodule
 
-    def forward(self, features, masks, labels):
+    def forward(self, features, masks, labels, cls_names=None):
+        if getattr(self.model, "class_conditioned", False):  # its prompts name each image's class
+            return self.model.training_losses(features, masks, labels, cls_names=cls_names)
         return self.model.training_losses(features, masks, labels)
 
 
@@ -129,7 +131,7 @@ class Trainer:
 
         `scaler` (fp16 only) scales the loss so that small fp16 gradients do not flush to zero."""
         with autocast(self.precision, self.device):
-            losses = self.step_module(batch["features"], batch["mask"], batch["label"])
+            losses = self.step_module(batch["features"], batch["mask"], batch["label"], batch.get("cls_names"))
         self.optimizer.zero_grad(set_to_none=True)
         world = self.context.world_size  # DDP averages over ranks: weight each rank's loss by its share
         self.scaler.scale(losses["loss"] * (weight * world) if self.context.enabled else losses["loss"]).backward()
@@ -149,8 +151,9 @@ class Trainer:
         records = []
         progress = tqdm(steps, total=len(self.batches), desc=f"epoch {epoch}/{self.epochs}", leave=False,
                         unit="batch", disable=not self.context.is_main)
-        for batch, (_, weight) in zip(progress, shares):
+        for batch, (indices, weight) in zip(progress, shares):
             batch["features"] = tuple(f.to(self.feature_dtype) for f in batch["features"])
+            batch["cls_names"] = [self.dataset.samples[i].cls_name for i in indices]
             if not use_cache and weight > 0:  # a stand-in image (weight 0) is some other rank's to cache
                 self._maybe_cache(batch)
             losses = self.step(batch, weight)
@@ -185,10 +188,12 @@ class Trainer:
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.batches.batch_size, shuffle=False)
         maps: dict[str, list[torch.Tensor]] = {}
         masks = []
+        conditioned = getattr(self.model, "class_conditioned", False)  # its prompts name each image's class
         for raw in tqdm(loader, desc="validation", leave=False, unit="batch"):
             images = normalize_images(raw["img"].to(self.device))
             with autocast(self.precision, self.device):
-                named = self.model.validation_maps(images)
+                named = (self.model.validation_maps(images, cls_names=list(raw["cls_name"])) if conditioned
+                         else self.model.validation_maps(images))
             for name, values in named.items():
                 maps.setdefault(name, []).append(values.float().cpu())
             masks.append(raw["img_mask"])

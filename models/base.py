@@ -65,6 +65,11 @@ class AnomalyModel(nn.Module):
     quick_gelu: bool = True
     positional_interpolation: str = "bilinear"
     set_normalization = False  # True: `finalize` normalises over the evaluated set (VCP-CLIP)
+    # True: the prompts name the image's class, so `forward`, `predict` and `training_losses` take
+    # `cls_names` (one per image), which inference and the trainer pass (APRIL-GAN).
+    class_conditioned = False
+    # True: a few-shot mode fed by `models/fewshot.py` (`few_shot` property, `set_references`).
+    supports_few_shot = False
 
     def __init__(self, config):
         super().__init__()
@@ -76,12 +81,14 @@ class AnomalyModel(nn.Module):
         return self.config.image_size
 
     # ------------------------------------------------------------------ inference
-    def forward(self, images: torch.Tensor) -> InferenceBatch:
+    def forward(self, images: torch.Tensor, cls_names=None) -> InferenceBatch:
         """uint8 RGB `[N, 3, S, S]` -> `InferenceBatch(anomaly_map=[N, S, S], image_score=[N])`, float32, maps smoothed.
 
-        For methods that normalise over a whole set (VCP-CLIP), these are the values before
+        `cls_names` (one per image) reach `predict` only for a `class_conditioned` method (APRIL-GAN's prompts
+        name the class). For methods that normalise over a whole set (VCP-CLIP), these are the values before
         `finalize`."""
-        maps, scores = self.predict(normalize_images(images))
+        normalized = normalize_images(images)
+        maps, scores = self.predict(normalized, cls_names) if self.class_conditioned else self.predict(normalized)
         return InferenceBatch(gaussian_blur(maps.float(), self.config.sigma), scores.float())
 
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,7 +158,8 @@ def method_from_argv(argv) -> str:
 
     from .registry import DEFAULT_METHOD, method_names
 
-    pre = argparse.ArgumentParser(add_help=False)
+    # No abbreviations: a method's own flag may start like --model (APRIL-GAN's --mode).
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--model", default=DEFAULT_METHOD)
     known, _ = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
     return known.model if known.model in method_names() else DEFAULT_METHOD

@@ -81,7 +81,7 @@ def test_predict_gives_the_reference_maps_and_scores(fixture_images, expected, t
 def test_onnx_runtime_matches_pytorch(exported, fixture_images):
     from dataset import read_image
     from models import create_model
-    from runners import OnnxRunner, open_exported
+    from deploy.runners import OnnxRunner, open_exported
 
     assert exported["max_difference"] <= TOLERANCE  # export.py's own check (batches of 1 and 3)
     info = open_exported(exported["output"]).info

@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 from conftest import run_script
 
+from models import method_names
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["vip2", "vcp", "anomalyclip"])
+@pytest.mark.parametrize("model", method_names())
 def test_smoke_run_trains_and_evaluates_and_keeps_nothing(model, tmp_path):
     result = run_script("test.py", "--smoke", "--model", model, "--device", "cpu", timeout=180,
                         env={"TMPDIR": str(tmp_path)})
