@@ -25,9 +25,11 @@ import metrics
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
 from engine.cli import add_checkpoint_flags, add_overwrite_flag, add_run_flags
-from utils import HelpFormatter, OutputError, check_output_file, check_output_folder, non_negative_int, run_cli
+from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder, non_negative_int, run_cli,
+                   staging_folder, swap_in)
 
 RESULTS_FILE = "results.json"
+INTERRUPT_NOTE: dict = {}  # what Ctrl-C's one line adds (set once a run replaces an earlier one)
 FIGURES = "visualization"
 
 
@@ -102,16 +104,10 @@ def main(argv=None) -> dict:
 
 def evaluate(args, method, earlier, context, device) -> dict | None:
     """Every rank infers its shard; rank 0 gathers, scores and writes (returns None elsewhere)."""
-    import torch
-
-    from engine import distributed
     from dataset import AnomalyDataset
-    from engine.inference import loader_chunk, predict_dataset, save_maps, warm_up
+    from engine.devices import configure_precision
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
-    from engine.devices import (configure_precision, default_batch_size, loader_workers, memory_note, peak_gpu_memory_gb,
-                         reset_peak_gpu_memory, shared_memory_warning)
-    from utils import atomic_write_json, nan_to_none, setup_logger
 
     checkpoint = read_checkpoint(args.checkpoint_path)
     settings = values_from_args(args, method.config)
@@ -123,10 +119,31 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     model.checkpoint_path = args.checkpoint_path
 
     save_path = Path(args.save_path)
-    if context.is_main:
-        for path in earlier:  # only once every input has been checked
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    logger = setup_logger("zsas.test", save_path if context.is_main else None, quiet=not context.is_main)
+    # Replacing an earlier run (--overwrite): this run writes beside it and swaps its files in only once they
+    # are complete, so an interrupted or failed run leaves the earlier results as they were.
+    staging = staging_folder(save_path) if context.is_main and earlier else None
+    if staging is not None:
+        INTERRUPT_NOTE["note"] = f"the earlier results in {save_path} are unchanged"
+    try:
+        return _evaluate(args, method, config, checkpoint, dataset, model, save_path, staging, earlier, context,
+                         device)
+    except BaseException:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _evaluate(args, method, config, checkpoint, dataset, model, save_path, staging, earlier, context, device):
+    import torch
+
+    from engine import distributed
+    from engine.inference import loader_chunk, predict_dataset, save_maps, warm_up
+    from engine.devices import (default_batch_size, loader_workers, memory_note, peak_gpu_memory_gb,
+                                reset_peak_gpu_memory, shared_memory_warning)
+    from utils import atomic_write_json, nan_to_none, setup_logger
+
+    out = staging or save_path  # where this run's files go until they are complete
+    logger = setup_logger("zsas.test", out if context.is_main else None, quiet=not context.is_main)
     label = args.dataset or Path(args.data_path).name
     processes = f", {context.world_size} processes" if context.enabled else ""
     logger.info("evaluating %s with %s: %d images in %d classes from %s, on %s%s, precision %s", label,
@@ -171,7 +188,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     atomic_write_json(nan_to_none({"method": method.name, "dataset": label, "checkpoint": str(args.checkpoint_path),
                                    "pro_mode": args.pro_mode, "settings": model.recorded_config(),
                                    "test_settings": {"sigma": config.sigma, **_test_only(model)},
-                                   "metrics": results, "run": stats}), save_path / RESULTS_FILE)
+                                   "metrics": results, "run": stats}), out / RESULTS_FILE)
     failures = []  # the metrics are safe in results.json now; what follows may fail without losing them
     if args.save_maps:
         try:
@@ -184,10 +201,14 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
         from reporting import visualization
 
         try:
-            written = visualization.save_test_panels(outputs, dataset, save_path / FIGURES, max_per_class=args.vis_max)
+            written = visualization.save_test_panels(outputs, dataset, out / FIGURES, max_per_class=args.vis_max)
             logger.info("%d figures written under %s", written, save_path / FIGURES)
         except OSError as error:
             failures.append(f"--visualize into {save_path / FIGURES}: {error}")
+    if staging is not None:
+        swap_in(staging, save_path, earlier)
+        logger.info("the earlier run's results in %s are replaced (--overwrite): %s", save_path,
+                    ", ".join(p.name for p in earlier))
     if failures:
         raise OutputError("the metrics are in " + str(save_path / RESULTS_FILE) + ", but " + "; ".join(failures))
     return results
@@ -231,7 +252,7 @@ def smoke(args) -> dict:
 
 
 def cli():
-    return run_cli(main, "test.py")
+    return run_cli(main, "test.py", on_interrupt=lambda: INTERRUPT_NOTE.get("note"))
 
 
 if __name__ == "__main__":

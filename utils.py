@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -182,6 +183,13 @@ def check_output_folder(path: str | os.PathLike, flag: str) -> Path:
         raise OutputError(f"{flag} {path} lies under {existing}, which is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{flag} {path}: cannot write in {existing} (permission denied); choose another path")
+    # os.access says yes on special file systems (/proc, /sys) and to root on a read-only mount: try for real,
+    # with a probe folder removed at once, so that this check still creates nothing
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-probe-"))
+    except OSError as error:
+        raise OutputError(f"{flag} {path}: cannot create anything in {existing} ({error.strerror or error}); "
+                          "choose a folder on a writable disk") from None
     return path
 
 
@@ -198,6 +206,43 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = True
     return path
 
 
+STAGING_FOLDER = ".incoming"  # where a run that replaces an earlier one (--overwrite) writes until it is complete
+
+
+def staging_folder(folder: str | os.PathLike) -> Path:
+    """A fresh folder inside `folder` for the files of a run that will replace an earlier run's (--overwrite):
+    the earlier files stay untouched until `swap_in`, so an interrupted or failed run costs nothing."""
+    staging = Path(folder) / STAGING_FOLDER
+    if staging.is_dir():
+        shutil.rmtree(staging)  # a killed earlier attempt's
+    staging.mkdir(parents=True)
+    return staging
+
+
+def swap_in(staging: Path, folder: Path, earlier: list[Path]) -> None:
+    """The new run's files are complete in `staging`: move each onto its place in `folder` (a file replaces
+    a file atomically), then remove the earlier run's files that the new run did not replace."""
+    folder = Path(folder)
+    replaced = folder / ".replaced"
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    moved = set()
+    for item in sorted(staging.iterdir()):
+        target = folder / item.name
+        if target.is_dir() and not target.is_symlink():  # a folder cannot be renamed onto a full one
+            replaced.mkdir(exist_ok=True)
+            os.replace(target, replaced / item.name)
+        os.replace(item, target)
+        moved.add(target)
+    for path in map(Path, earlier):
+        if path in moved or path == staging or not (path.exists() or path.is_symlink()):
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    staging.rmdir()
+    if replaced.exists():
+        shutil.rmtree(replaced)
+
+
 INTERRUPTED_STATUS = 130  # what a shell reports for a process ended by Ctrl-C (128 + SIGINT)
 
 
@@ -210,6 +255,9 @@ def run_cli(main, script: str, exit_status=None, on_interrupt=None):
         result = main()
     except ValueError as error:
         raise SystemExit(f"{script}: {error}") from None
+    except OSError as error:  # the disk or the system refused (full, read-only, vanished): say so in one line
+        where = f" ({error.filename})" if error.filename and str(error.filename) not in str(error) else ""
+        raise SystemExit(f"{script}: {error}{where}") from None
     except KeyboardInterrupt:
         note = on_interrupt() if on_interrupt else None
         print(f"{script}: interrupted; every file written so far is complete (atomic writes)"
