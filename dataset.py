@@ -14,21 +14,24 @@ are converted first (README, 'Input images'):
 
 * palette (`P`, `PA`) and 1-bit images → RGB before resizing (PIL would resize them with
   nearest-neighbour interpolation);
-* 16-bit and 32-bit integer images → 8 bit by dividing by 257; float images are clipped.
+* 16-bit images → 8 bit by dividing by 257; float images by their range ([0, 1] x 255, [0, 255]
+  as is, anything else refused); one implementation, `deploy/image_io.py`, which predict.py shares.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import posixpath
 import random
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from deploy import image_io
 from utils import DatasetError
 
 META_FILE = "meta.json"
@@ -53,14 +56,30 @@ def _regenerate_hint(root: Path) -> str:
 
 
 def meta_path_for(root: str | os.PathLike, dataset: str | None = None) -> Path:
-    """The meta file of a root: `meta_<dataset>.json` (the VCP-CLIP authors' layout) when `dataset`
-    names one that exists, else `meta.json`, else the root's only `meta_*.json`."""
+    """The meta file of a root: `meta_<dataset>.json` (the VCP-CLIP authors' layout) when `dataset` names one
+    that exists, else `meta.json`, else the root's only `meta_*.json`.
+
+    `--dataset NAME` falls back to `meta.json` only where the root holds no other `meta_*.json`: beside
+    `meta_mvtec.json` a missing `meta_visa.json` is a mistyped name or the wrong root, not a request to
+    label the root's other data "visa"."""
     root = Path(root)
-    if dataset and (root / f"meta_{dataset}.json").is_file():
-        return root / f"meta_{dataset}.json"
-    if (root / META_FILE).is_file() or dataset:
-        return root / META_FILE
     candidates = sorted(root.glob("meta_*.json")) if root.is_dir() else []
+    if dataset:
+        named = root / f"meta_{dataset}.json"
+        if named.is_file():
+            return named
+        if candidates:
+            names = ", ".join(p.name for p in candidates)
+            choices = " or ".join(f"--dataset {p.stem[len('meta_'):]}" for p in candidates)
+            plain = " (and a meta.json)" if (root / META_FILE).is_file() else ""
+            raise DatasetError(f"{named} not found: {root} holds {names}{plain}, so --dataset {dataset} names "
+                               f"none of its datasets; pass {choices}, or another --data_path")
+        if (root / META_FILE).is_file():
+            log.info("--dataset %s: %s has no meta_%s.json; reading %s (results are labelled %r)", dataset, root,
+                     dataset, root / META_FILE, dataset)
+        return root / META_FILE
+    if (root / META_FILE).is_file():
+        return root / META_FILE
     if len(candidates) > 1:
         names = ", ".join(p.name for p in candidates)
         raise DatasetError(f"{root} holds several meta files ({names}) and no meta.json: pass --dataset NAME "
@@ -116,11 +135,14 @@ def samples_from_meta(meta: dict, split: str, root: Path, meta_path: Path) -> li
                 problems.append(problem)
                 continue
             sample = Sample(item["img_path"], item.get("mask_path") or "", str(cls_name), _label(item["anomaly"]))
-            if sample.img_path in seen:
-                problems.append(f"{sample.img_path!r} is listed twice (classes {seen[sample.img_path]!r} and "
+            key = same_file_key(sample.img_path)  # `./01/x.png` and `01//x.png` are one file: listed twice
+            if key in seen:
+                first, first_class = seen[key]
+                spelled = "" if first == sample.img_path else f" (also spelled {first!r})"
+                problems.append(f"{sample.img_path!r} is listed twice{spelled} (classes {first_class!r} and "
                                 f"{cls_name!r}): remove one")
                 continue
-            seen[sample.img_path] = cls_name
+            seen[key] = (sample.img_path, cls_name)
             samples.append(sample)
     if problems:
         raise DatasetError(_problem_report(len(problems), problems, meta_path,
@@ -128,6 +150,11 @@ def samples_from_meta(meta: dict, split: str, root: Path, meta_path: Path) -> li
     if not samples:
         raise DatasetError(f"{meta_path}: the '{split}' split has no images at all")
     return samples
+
+
+def same_file_key(relative: str) -> str:
+    """One spelling per file for a meta path: `./a/b.png`, `a//b.png` and `a/c/../b.png` are the same file."""
+    return posixpath.normpath(str(relative).replace("\\", "/"))
 
 
 def _item_problem(item, cls_name: str, class_folders: set[str]) -> str | None:
@@ -159,16 +186,15 @@ def _problem_report(count: int, problems: list[str], where: Path, fix: str) -> s
     return f"{count} problem(s) with the items of {where}:\n  {listed}{more}\n{fix[:1].upper()}{fix[1:]}"
 
 
-def _header_size(path: Path) -> tuple[int, int] | str:
+def _header_size(path: Path, max_pixels: int | None = None) -> tuple[int, int] | str:
     """The image's size from its header (cheap: no pixel decoding), or why it cannot be read."""
     try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return str(error)
+        return image_io.image_size(path, max_pixels)
+    except DatasetError as error:
+        return str(error).removeprefix(f"cannot read image {path}: ")
 
 
-def check_files(samples: list[Sample], root: Path, meta_path: Path) -> None:
+def check_files(samples: list[Sample], root: Path, meta_path: Path, max_pixels: int | None = None) -> None:
     """Fail before any model work if the meta file names paths that are missing, not files, unreadable,
     or masks whose size differs from their image's; every problem in one error."""
     problems = []
@@ -181,11 +207,11 @@ def check_files(samples: list[Sample], root: Path, meta_path: Path) -> None:
                 problems.append(f"{kind} {path} is a folder, not a file")
     if not problems:
         for sample in samples:
-            size = _header_size(root / sample.img_path)
+            size = _header_size(root / sample.img_path, max_pixels)
             if isinstance(size, str):
                 problems.append(f"cannot read image {root / sample.img_path}: {size}")
             elif sample.mask_path:
-                mask_size = _header_size(root / sample.mask_path)
+                mask_size = _header_size(root / sample.mask_path, max_pixels)
                 if isinstance(mask_size, str):
                     problems.append(f"cannot read mask {root / sample.mask_path}: {mask_size}")
                 elif mask_size != size:
@@ -197,26 +223,8 @@ def check_files(samples: list[Sample], root: Path, meta_path: Path) -> None:
                                            f"remove the items from {meta_path.name}"))
 
 
-def _open(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DatasetError(f"cannot read image {path}: {error}. Re-download or remove it from the meta file") \
-            from error
-    return image
-
-
-def to_8bit_mode(image: Image.Image) -> Image.Image:
-    """Bring modes the reference pipeline would mangle into ones PIL resizes properly."""
-    if image.mode in ("P", "PA", "1"):
-        return image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "F":
-        return Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), mode="L")
-    return image
+_open = image_io.open_image  # one implementation of reading, scaling and refusing images (deploy/image_io.py)
+to_8bit_mode = image_io.to_8bit_mode
 
 
 def resize_image(image: Image.Image, size: int) -> torch.Tensor:
@@ -227,35 +235,108 @@ def resize_image(image: Image.Image, size: int) -> torch.Tensor:
 
 def read_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """An image file as the model's uint8 `[3, S, S]` input, and its original size."""
-    image = to_8bit_mode(_open(path))
+    image = image_io.read_8bit(path)
     return resize_image(image, size), image.size
 
 
-def anomalous_pixels(mask: Image.Image) -> np.ndarray:
-    """Which pixels a mask marks, for any PIL mode (README, 'Input images').
-
-    Single-channel and palette masks: any non-zero value or index. Masks with an alpha
-    channel that is not fully opaque: the non-transparent pixels (a defect painted on a
-    transparent background). Other colour masks: any non-black pixel.
-    """
-    if mask.mode in ("L", "P", "1", "F") or mask.mode.startswith("I"):
-        return np.asarray(mask) > 0
-    if mask.mode == "PA":
-        return np.asarray(mask)[..., 0] > 0
+def mask_values(mask: Image.Image) -> np.ndarray | None:
+    """The values a mask's threshold compares: the channel itself (single-channel masks), the alpha channel
+    (masks with transparency), else the grey value; None for palette and 1-bit masks (indices, not levels)."""
+    if mask.mode in ("P", "PA", "1"):
+        return None
     if mask.mode in ("LA", "RGBA", "La", "RGBa"):
         alpha = np.asarray(mask.getchannel("A"))
         if alpha.min() < 255:
-            return alpha > 0
-    return np.asarray(mask.convert("L")) > 0
+            return alpha
+    if mask.mode in ("L", "F") or mask.mode.startswith("I"):
+        return np.asarray(mask)
+    return np.asarray(mask.convert("L"))
 
 
-def read_mask(path: Path, image_size: tuple[int, int], image_path: Path) -> np.ndarray:
+def anomalous_pixels(mask: Image.Image, threshold: float = 0) -> np.ndarray:
+    """Which pixels a mask marks, for any PIL mode (docs/INPUTS.md): values above `threshold`
+    (`--mask_threshold`, default 0: any non-zero value).
+
+    Single-channel masks: the value. Palette masks: any non-zero index (with a threshold: the
+    grey value). Masks with an alpha channel that is not fully opaque: the alpha value (a defect
+    painted on a transparent background). Other colour masks: the grey value (any non-black pixel).
+    """
+    if mask.mode == "1" or (mask.mode == "P" and not threshold):
+        return np.asarray(mask) > 0
+    if mask.mode == "PA" and not threshold:
+        return np.asarray(mask)[..., 0] > 0
+    values = mask_values(mask)
+    if values is None:  # a palette mask with a threshold: its colours' grey values
+        values = np.asarray(mask.convert("L"))
+    return values > threshold
+
+
+def read_mask(path: Path, image_size: tuple[int, int], image_path: Path, threshold: float = 0) -> np.ndarray:
     """A mask file as a boolean array of its image's size."""
     mask = _open(path)
     if mask.size != image_size:
         raise DatasetError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} is "
                            f"{image_size[0]}x{image_size[1]}: fix the pairing in the meta file or the mask file")
-    return anomalous_pixels(mask)
+    return anomalous_pixels(mask, threshold)
+
+
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+NAMED_IN_WARNINGS = 3
+
+
+def _levels(values: np.ndarray) -> int:
+    if values.dtype == np.uint8:
+        return int(np.count_nonzero(np.bincount(values.ravel(), minlength=256)))
+    return len(np.unique(values))
+
+
+def _some(paths: list, count: int) -> str:
+    shown = ", ".join(map(str, paths[:NAMED_IN_WARNINGS]))
+    return f"{count} ({'e.g. ' if count > NAMED_IN_WARNINGS else ''}{shown})"
+
+
+def survey_masks(samples: list[Sample], root: Path, meta_path: Path, threshold: float = 0) -> list[str]:
+    """Warnings, one per kind of problem and per dataset (a count and the first files), about masks the
+    `> threshold` rule would read wrongly without a word: lossy or many-level masks (compression noise, a
+    grey "ignore" band counted as defect), masks marking most of the image (inverted?), and anomalous
+    items without any mask (all-normal pixels)."""
+    unmasked, lossy, grey, inverted = [], [], [], []
+    for sample in samples:
+        if not sample.anomaly:
+            continue
+        if not sample.mask_path:
+            unmasked.append(sample.img_path)
+            continue
+        path = root / sample.mask_path
+        mask = _open(path)
+        if path.suffix.lower() in LOSSY_SUFFIXES or mask.format in ("JPEG", "MPO"):
+            lossy.append(path)
+        values = mask_values(mask)
+        if values is not None and _levels(values) > 2:
+            grey.append(path)
+        fraction = float(anomalous_pixels(mask, threshold).mean())
+        if fraction > 0.5:
+            inverted.append(f"{path}: {fraction:.1%}")
+    notes = []
+    fix = (f"every value above {threshold:g} counts as defect, so compression noise or a grey 'ignore' band does "
+           "too: pass --mask_threshold 127 to count only the bright pixels (or the value below which pixels are "
+           "not defect), or rewrite the masks as lossless 0/255 PNG files")
+    if lossy and not threshold:
+        notes.append(f"{_some(lossy, len(lossy))} mask(s) of {meta_path} are stored in a lossy format (JPEG); "
+                     + fix)
+    plain_grey = [p for p in grey if p not in set(lossy)]
+    if plain_grey and not threshold:
+        notes.append(f"{_some(plain_grey, len(plain_grey))} mask(s) of {meta_path} hold more than two values "
+                     f"(grey levels); {fix} (if the values are class labels, all of them are defect: ignore this)")
+    if inverted:
+        notes.append(f"{_some(inverted, len(inverted))} mask(s) of {meta_path} mark more of their image as "
+                     "defect than as background: inverted (defect black, background white)? A mask must mark the "
+                     "defect with non-zero values: invert those files")
+    if unmasked:
+        notes.append(f"{_some(unmasked, len(unmasked))} anomalous item(s) of {meta_path} have no mask_path: every "
+                     "pixel of theirs counts as normal in the pixel metrics; add their masks, or evaluate with "
+                     "--metrics image-level if the dataset has none")
+    return notes
 
 
 def resize_mask(binary: np.ndarray, size: int) -> torch.Tensor:
@@ -264,9 +345,10 @@ def resize_mask(binary: np.ndarray, size: int) -> torch.Tensor:
     return torch.from_numpy((np.asarray(resized, dtype=np.float32) / 255.0 > 0.5).astype(np.uint8))
 
 
-def load_mask(path: Path, size: int, image_size: tuple[int, int], image_path: Path) -> torch.Tensor:
+def load_mask(path: Path, size: int, image_size: tuple[int, int], image_path: Path,
+              threshold: float = 0) -> torch.Tensor:
     """A mask file at the model's size, `[S, S]` uint8 in {0, 1}."""
-    return resize_mask(read_mask(path, image_size, image_path), size)
+    return resize_mask(read_mask(path, image_size, image_path, threshold), size)
 
 
 class AnomalyDataset(torch.utils.data.Dataset):
@@ -276,13 +358,19 @@ class AnomalyDataset(torch.utils.data.Dataset):
     mask before the resize."""
 
     def __init__(self, root: str | os.PathLike, image_size: int, split: str = "test", *, dataset: str | None = None,
-                 meta_path: str | os.PathLike | None = None, augmentation=None):
+                 meta_path: str | os.PathLike | None = None, augmentation=None, mask_threshold: float = 0,
+                 max_pixels: int | None = None):
         self.root = Path(root)
         self.image_size = image_size
         self.augmentation = augmentation
+        self.mask_threshold = mask_threshold
+        self.max_pixels = max_pixels  # None: deploy.image_io's limit (--max_image_pixels)
         meta, self.meta_path = read_meta(self.root, meta_path, dataset)
+        log.info("reading the %s split of %s", split, self.meta_path)
         self.samples = samples_from_meta(meta, split, self.root, self.meta_path)
-        check_files(self.samples, self.root, self.meta_path)
+        check_files(self.samples, self.root, self.meta_path, max_pixels)
+        for note in survey_masks(self.samples, self.root, self.meta_path, mask_threshold):
+            log.warning(note)
         self._anomalous_of_class: dict[str, list[int]] = {}
         for index, sample in enumerate(self.samples):
             if sample.anomaly:
@@ -302,9 +390,9 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def _decode(self, sample: Sample) -> tuple[Image.Image, np.ndarray]:
         """The image (in its own mode, 8 bit) and its boolean mask at the image's size."""
         image_path = self.root / sample.img_path
-        image = to_8bit_mode(_open(image_path))
+        image = image_io.read_8bit(image_path, self.max_pixels)
         if sample.anomaly and sample.mask_path:
-            mask = read_mask(self.root / sample.mask_path, image.size, image_path)
+            mask = read_mask(self.root / sample.mask_path, image.size, image_path, self.mask_threshold)
             if not mask.any():
                 log.warning("mask %s of anomalous image %s marks no pixel: its pixel metrics see only normal "
                             "pixels", self.root / sample.mask_path, image_path)

@@ -24,7 +24,7 @@ from pathlib import Path
 import metrics
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from engine.cli import add_checkpoint_flags, add_overwrite_flag, add_run_flags
+from engine.cli import add_checkpoint_flags, add_mask_flags, add_overwrite_flag, add_run_flags
 from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder, non_negative_int, run_cli,
                    staging_folder, swap_in)
 
@@ -47,6 +47,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                       help="picks meta_<dataset>.json in the root (the VCP-CLIP authors' layout) and labels logs and "
                            "tables (default: the root's meta.json, labelled with the folder's name)")
     data.add_argument("--save_path", default="./results", help="folder for log.txt, results.json and figures")
+    add_mask_flags(data)
     model = parser.add_argument_group(f"model ({method.title}; settings a checkpoint records are read from it)")
     add_checkpoint_flags(model)
     add_setting_flags(model, method.config, "test")
@@ -109,10 +110,16 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
 
+    from deploy import image_io
+    from utils import hold_log_records
+
+    hold_log_records()  # what the checks below say reaches log.txt, which cannot exist before they pass
+    image_io.set_max_pixels(args.max_image_pixels)
     checkpoint = read_checkpoint(args.checkpoint_path)
     settings = values_from_args(args, method.config)
-    config = resolve_config(method.name, checkpoint, args.checkpoint_path, **settings)
-    dataset = AnomalyDataset(args.data_path, config.image_size, split="test", dataset=args.dataset)
+    config = resolve_config(method.name, checkpoint, args.checkpoint_path, log_overrides=False, **settings)
+    dataset = AnomalyDataset(args.data_path, config.image_size, split="test", dataset=args.dataset,
+                             mask_threshold=args.mask_threshold, max_pixels=args.max_image_pixels)
     configure_precision(args.precision)
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
                          checkpoint_name=args.checkpoint_path, device=device, **settings)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from engine.cli import add_clip_weights_flag, add_overwrite_flag, add_run_flags
+from engine.cli import add_clip_weights_flag, add_mask_flags, add_overwrite_flag, add_run_flags
 from engine.devices import CACHE_MODES
 from utils import (STAGING_FOLDER, HelpFormatter, OutputError, atomic_write_json, check_output_folder, positive_int,
                    run_cli, staging_folder, swap_in)
@@ -44,6 +44,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                       help="optional: a dataset root whose test split is scored (pixel AP) after every epoch; "
                            "logged only, it selects nothing")
     data.add_argument("--val_dataset", default=None, help="picks meta_<val_dataset>.json in --val_data_path")
+    add_mask_flags(data)
     model = parser.add_argument_group(f"model ({method.title})")
     add_clip_weights_flag(model)
     model.add_argument("--init_checkpoint", default=None,
@@ -100,12 +101,17 @@ def main(argv=None) -> Path:
     # Everything below imports torch; every input is checked before anything is written.
     from engine import distributed
     from dataset import AnomalyDataset
+    from deploy import image_io
     from models.checkpoint import read_checkpoint
+    from utils import hold_log_records
 
+    hold_log_records()  # what the checks below say reaches log.txt, which cannot exist before they pass
+    image_io.set_max_pixels(args.max_image_pixels)
     image_size = settings.get("image_size") or method.config().image_size
+    inputs = {"mask_threshold": args.mask_threshold, "max_pixels": args.max_image_pixels}
     dataset = AnomalyDataset(args.train_data_path, image_size, split=TRAIN_SPLIT, dataset=args.dataset,
-                             augmentation=training.augmentation())
-    validation = (AnomalyDataset(args.val_data_path, image_size, split="test", dataset=args.val_dataset)
+                             augmentation=training.augmentation(), **inputs)
+    validation = (AnomalyDataset(args.val_data_path, image_size, split="test", dataset=args.val_dataset, **inputs)
                   if args.val_data_path else None)
     init = read_checkpoint(args.init_checkpoint, "--init_checkpoint") if args.init_checkpoint else None
     with distributed.session(args.device) as (context, device):

@@ -79,6 +79,39 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+class _HoldHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def hold_log_records() -> None:
+    """Keep what the project's loggers say until `setup_logger` opens the run's log.txt (the output folder is
+    created only once the inputs are checked): what the data and checkpoint checks warn reaches log.txt too.
+    Should the run fail first, `run_cli` prints the held warnings before the error."""
+    target = logging.getLogger(PROJECT_LOGGER)
+    for handler in list(target.handlers):
+        handler.close()
+        target.removeHandler(handler)
+    target.addHandler(_HoldHandler())
+    target.setLevel(logging.INFO)
+    target.propagate = False
+
+
+def _held_records() -> list[logging.LogRecord]:
+    target = logging.getLogger(PROJECT_LOGGER)
+    return [r for h in target.handlers if isinstance(h, _HoldHandler) for r in h.records]
+
+
+def _print_held_warnings() -> None:
+    for record in _held_records():
+        if record.levelno >= logging.WARNING:
+            print(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
 def setup_logger(name: str, save_path: str | os.PathLike | None, quiet: bool = False) -> logging.Logger:
     """Console plus `save_path/log.txt` (appended), one format for both, for every project logger and for
     Python warnings (e.g. an undefined metric), so that what the console shows, the log keeps.
@@ -90,6 +123,7 @@ def setup_logger(name: str, save_path: str | os.PathLike | None, quiet: bool = F
         handlers.append(logging.FileHandler(Path(save_path) / "log.txt"))
     warnings.formatwarning = one_line_warning
     logging.captureWarnings(True)
+    held = _held_records()
     for target in (logging.getLogger(PROJECT_LOGGER), logging.getLogger("py.warnings")):
         for handler in list(target.handlers):  # a second main() in one process must not leak open log files
             handler.close()
@@ -99,6 +133,10 @@ def setup_logger(name: str, save_path: str | os.PathLike | None, quiet: bool = F
             target.addHandler(handler)
         target.setLevel(logging.ERROR if quiet else logging.INFO)
         target.propagate = False
+    project = logging.getLogger(PROJECT_LOGGER)
+    for record in held:  # what was said before the log file could exist, in order, with its own time
+        if record.levelno >= project.level:
+            project.handle(record)
     return logging.getLogger(name)
 
 
@@ -254,6 +292,7 @@ def run_cli(main, script: str, exit_status=None, on_interrupt=None):
     try:
         result = main()
     except ValueError as error:
+        _print_held_warnings()
         raise SystemExit(f"{script}: {error}") from None
     except OSError as error:  # the disk or the system refused (full, read-only, vanished): say so in one line
         where = f" ({error.filename})" if error.filename and str(error.filename) not in str(error) else ""
