@@ -48,8 +48,8 @@ from PIL import Image
 from deploy.outputs import earlier_outputs, publish
 from engine.cli import (CHECKPOINT_HELP, add_checkpoint_flags, add_device_flag, add_image_limit_flag, add_overwrite_flag,
                         add_run_flags)
-from utils import (DatasetError, OutputError, atomic_write_bytes, check_output_folder, positive_int, run_cli,
-                   staging_folder)
+from utils import (DatasetError, OutputError, atomic_write_bytes, check_output_folder, hold_log_records, positive_int,
+                   run_cli, staging_folder)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SCORES_FILE = "scores.csv"
@@ -367,6 +367,7 @@ def main(argv=None) -> int:
     from engine import distributed
 
     args = parse_args(argv)
+    hold_log_records()  # what loading the model says reaches log.txt, which is opened once the inputs are found
     out_dir = Path(args.out)
     args.earlier = check_out(out_dir, args.overwrite)
     args.mask_files = []
