@@ -106,11 +106,10 @@ def main(argv=None) -> dict:
 def evaluate(args, method, earlier, context, device) -> dict | None:
     """Every rank infers its shard; rank 0 gathers, scores and writes (returns None elsewhere)."""
     from dataset import AnomalyDataset
+    from deploy import image_io
     from engine.devices import configure_precision
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
-
-    from deploy import image_io
     from utils import hold_log_records
 
     hold_log_records()  # what the checks below say reaches log.txt, which cannot exist before they pass
