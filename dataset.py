@@ -135,7 +135,7 @@ def samples_from_meta(meta: dict, split: str, root: Path, meta_path: Path) -> li
                 problems.append(problem)
                 continue
             sample = Sample(item["img_path"], item.get("mask_path") or "", str(cls_name), _label(item["anomaly"]))
-            key = same_file_key(sample.img_path)  # `./01/x.png` and `01//x.png` are one file: listed twice
+            key = same_file_key(sample.img_path, root)  # `./01/x.png`, `01//x.png`, ROOT/01/x.png: one file
             if key in seen:
                 first, first_class = seen[key]
                 spelled = "" if first == sample.img_path else f" (also spelled {first!r})"
@@ -152,9 +152,10 @@ def samples_from_meta(meta: dict, split: str, root: Path, meta_path: Path) -> li
     return samples
 
 
-def same_file_key(relative: str) -> str:
-    """One spelling per file for a meta path: `./a/b.png`, `a//b.png` and `a/c/../b.png` are the same file."""
-    return posixpath.normpath(str(relative).replace("\\", "/"))
+def same_file_key(relative: str, root: Path) -> str:
+    """One spelling per file for a meta path: `./a/b.png`, `a//b.png`, `a/c/../b.png` and the absolute
+    `ROOT/a/b.png` are the same file (compared as text: no file-system access)."""
+    return posixpath.normpath(posixpath.join(root.as_posix(), str(relative).replace("\\", "/")))
 
 
 def _item_problem(item, cls_name: str, class_folders: set[str]) -> str | None:

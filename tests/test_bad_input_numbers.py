@@ -159,12 +159,13 @@ def test_mask_threshold_reads_jpeg_masks_as_the_lossless_ones(data, tmp_path):
 
 # ------------------------------------------------------------------ J06, J16: the meta file
 
-@pytest.mark.parametrize("spelling", ["./{path}", "{head}//{rest}", "{head}/./{rest}", "elsewhere/../{path}"])
+@pytest.mark.parametrize("spelling", ["./{path}", "{head}//{rest}", "{head}/./{rest}", "elsewhere/../{path}",
+                                      "{root}/{path}"])
 def test_one_image_under_two_spellings_is_refused(data, tmp_path, spelling):
     def change(meta):
         item = dict(meta["test"]["01"][0])
         head, rest = item["img_path"].split("/", 1)
-        item["img_path"] = spelling.format(path=item["img_path"], head=head, rest=rest)
+        item["img_path"] = spelling.format(path=item["img_path"], head=head, rest=rest, root=data)
         meta["test"]["01"].append(item)
     edit_meta(data, change)
     with pytest.raises(ValueError, match=r"is listed twice \(also spelled '01/test/\w+/000.png'\)"):
