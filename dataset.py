@@ -14,22 +14,24 @@ are converted first (docs/INPUTS.md):
 
 * palette (`P`, `PA`) and 1-bit images → RGB before resizing (PIL would resize them with
   nearest-neighbour interpolation);
-* 16-bit and 32-bit integer images → 8 bit by dividing by 257; float images are clipped.
+* 16-bit images → 8 bit by dividing by 257; float images by their range ([0, 1] x 255, [0, 255]
+  as is, anything else refused); one implementation, `deploy/image_io.py`, which predict.py shares.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import posixpath
 import random
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from deploy.image_io import open_image, read_image_array, resize_to_input, to_8bit_mode
+from deploy import image_io
 from utils import DatasetError
 
 META_FILE = "meta.json"
@@ -55,14 +57,30 @@ def _regenerate_hint(root: Path) -> str:
 
 
 def meta_path_for(root: str | os.PathLike, dataset: str | None = None) -> Path:
-    """The meta file of a root: `meta_<dataset>.json` (the VCP-CLIP authors' layout) when `dataset`
-    names one that exists, else `meta.json`, else the root's only `meta_*.json`."""
+    """The meta file of a root: `meta_<dataset>.json` (the VCP-CLIP authors' layout) when `dataset` names one
+    that exists, else `meta.json`, else the root's only `meta_*.json`.
+
+    `--dataset NAME` falls back to `meta.json` only where the root holds no other `meta_*.json`: beside
+    `meta_mvtec.json` a missing `meta_visa.json` is a mistyped name or the wrong root, not a request to
+    label the root's other data "visa"."""
     root = Path(root)
-    if dataset and (root / f"meta_{dataset}.json").is_file():
-        return root / f"meta_{dataset}.json"
-    if (root / META_FILE).is_file() or dataset:
-        return root / META_FILE
     candidates = sorted(root.glob("meta_*.json")) if root.is_dir() else []
+    if dataset:
+        named = root / f"meta_{dataset}.json"
+        if named.is_file():
+            return named
+        if candidates:
+            names = ", ".join(p.name for p in candidates)
+            choices = " or ".join(f"--dataset {p.stem[len('meta_'):]}" for p in candidates)
+            plain = " (and a meta.json)" if (root / META_FILE).is_file() else ""
+            raise DatasetError(f"{named} not found: {root} holds {names}{plain}, so --dataset {dataset} names "
+                               f"none of its datasets; pass {choices}, or another --data_path")
+        if (root / META_FILE).is_file():
+            log.info("--dataset %s: %s has no meta_%s.json; reading %s (results are labelled %r)", dataset, root,
+                     dataset, root / META_FILE, dataset)
+        return root / META_FILE
+    if (root / META_FILE).is_file():
+        return root / META_FILE
     if len(candidates) > 1:
         names = ", ".join(p.name for p in candidates)
         raise DatasetError(f"{root} holds several meta files ({names}) and no meta.json: pass --dataset NAME "
@@ -119,11 +137,14 @@ def samples_from_meta(meta: dict, split: str, root: Path, meta_path: Path) -> li
                 continue
             sample = Sample(item["img_path"], item.get("mask_path") or "", str(cls_name), _label(item["anomaly"]),
                             str(item.get("specie_name") or ("anomalous" if _label(item["anomaly"]) else "good")))
-            if sample.img_path in seen:
-                problems.append(f"{sample.img_path!r} is listed twice (classes {seen[sample.img_path]!r} and "
+            key = same_file_key(sample.img_path, root)  # `./01/x.png`, `01//x.png`, ROOT/01/x.png: one file
+            if key in seen:
+                first, first_class = seen[key]
+                spelled = "" if first == sample.img_path else f" (also spelled {first!r})"
+                problems.append(f"{sample.img_path!r} is listed twice{spelled} (classes {first_class!r} and "
                                 f"{cls_name!r}): remove one")
                 continue
-            seen[sample.img_path] = cls_name
+            seen[key] = (sample.img_path, cls_name)
             samples.append(sample)
     if problems:
         raise DatasetError(_problem_report(len(problems), problems, meta_path,
@@ -131,6 +152,12 @@ def samples_from_meta(meta: dict, split: str, root: Path, meta_path: Path) -> li
     if not samples:
         raise DatasetError(f"{meta_path}: the '{split}' split has no images at all")
     return samples
+
+
+def same_file_key(relative: str, root: Path) -> str:
+    """One spelling per file for a meta path: `./a/b.png`, `a//b.png`, `a/c/../b.png` and the absolute
+    `ROOT/a/b.png` are the same file (compared as text: no file-system access)."""
+    return posixpath.normpath(posixpath.join(root.as_posix(), str(relative).replace("\\", "/")))
 
 
 def _item_problem(item, cls_name: str, class_folders: set[str]) -> str | None:
@@ -162,16 +189,15 @@ def _problem_report(count: int, problems: list[str], where: Path, fix: str) -> s
     return f"{count} problem(s) with the items of {where}:\n  {listed}{more}\n{fix[:1].upper()}{fix[1:]}"
 
 
-def _header_size(path: Path) -> tuple[int, int] | str:
+def _header_size(path: Path, max_pixels: int | None = None) -> tuple[int, int] | str:
     """The image's size from its header (cheap: no pixel decoding), or why it cannot be read."""
     try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        return str(error)
+        return image_io.image_size(path, max_pixels)
+    except DatasetError as error:
+        return str(error).removeprefix(f"cannot read image {path}: ")
 
 
-def check_files(samples: list[Sample], root: Path, meta_path: Path) -> None:
+def check_files(samples: list[Sample], root: Path, meta_path: Path, max_pixels: int | None = None) -> None:
     """Fail before any model work if the meta file names paths that are missing, not files, unreadable,
     or masks whose size differs from their image's; every problem in one error."""
     problems = []
@@ -184,11 +210,11 @@ def check_files(samples: list[Sample], root: Path, meta_path: Path) -> None:
                 problems.append(f"{kind} {path} is a folder, not a file")
     if not problems:
         for sample in samples:
-            size = _header_size(root / sample.img_path)
+            size = _header_size(root / sample.img_path, max_pixels)
             if isinstance(size, str):
                 problems.append(f"cannot read image {root / sample.img_path}: {size}")
             elif sample.mask_path:
-                mask_size = _header_size(root / sample.mask_path)
+                mask_size = _header_size(root / sample.mask_path, max_pixels)
                 if isinstance(mask_size, str):
                     problems.append(f"cannot read mask {root / sample.mask_path}: {mask_size}")
                 elif mask_size != size:
@@ -202,40 +228,113 @@ def check_files(samples: list[Sample], root: Path, meta_path: Path) -> None:
 
 def resize_image(image: Image.Image, size: int) -> torch.Tensor:
     """`deploy.image_io.resize_to_input` as a tensor: the pixels every model and export sees."""
-    return torch.from_numpy(resize_to_input(image, size))
+    return torch.from_numpy(image_io.resize_to_input(image, size))
 
 
 def read_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An image file as the model's uint8 `[3, S, S]` input, and its original size (`deploy.image_io`)."""
-    pixels, original_size = read_image_array(path, size)
-    return torch.from_numpy(pixels), original_size
+    """An image file as the model's uint8 `[3, S, S]` input, and its original size."""
+    image = image_io.read_8bit(path)
+    return resize_image(image, size), image.size
 
 
-def anomalous_pixels(mask: Image.Image) -> np.ndarray:
-    """Which pixels a mask marks, for any PIL mode (docs/INPUTS.md).
-
-    Single-channel and palette masks: any non-zero value or index. Masks with an alpha
-    channel that is not fully opaque: the non-transparent pixels (a defect painted on a
-    transparent background). Other colour masks: any non-black pixel.
-    """
-    if mask.mode in ("L", "P", "1", "F") or mask.mode.startswith("I"):
-        return np.asarray(mask) > 0
-    if mask.mode == "PA":
-        return np.asarray(mask)[..., 0] > 0
+def mask_values(mask: Image.Image) -> np.ndarray | None:
+    """The values a mask's threshold compares: the channel itself (single-channel masks), the alpha channel
+    (masks with transparency), else the grey value; None for palette and 1-bit masks (indices, not levels)."""
+    if mask.mode in ("P", "PA", "1"):
+        return None
     if mask.mode in ("LA", "RGBA", "La", "RGBa"):
         alpha = np.asarray(mask.getchannel("A"))
         if alpha.min() < 255:
-            return alpha > 0
-    return np.asarray(mask.convert("L")) > 0
+            return alpha
+    if mask.mode in ("L", "F") or mask.mode.startswith("I"):
+        return np.asarray(mask)
+    return np.asarray(mask.convert("L"))
 
 
-def read_mask(path: Path, image_size: tuple[int, int], image_path: Path) -> np.ndarray:
+def anomalous_pixels(mask: Image.Image, threshold: float = 0) -> np.ndarray:
+    """Which pixels a mask marks, for any PIL mode (docs/INPUTS.md): values above `threshold`
+    (`--mask_threshold`, default 0: any non-zero value).
+
+    Single-channel masks: the value. Palette masks: any non-zero index (with a threshold: the
+    grey value). Masks with an alpha channel that is not fully opaque: the alpha value (a defect
+    painted on a transparent background). Other colour masks: the grey value (any non-black pixel).
+    """
+    if mask.mode == "1" or (mask.mode == "P" and not threshold):
+        return np.asarray(mask) > 0
+    if mask.mode == "PA" and not threshold:
+        return np.asarray(mask)[..., 0] > 0
+    values = mask_values(mask)
+    if values is None:  # a palette mask with a threshold: its colours' grey values
+        values = np.asarray(mask.convert("L"))
+    return values > threshold
+
+
+def read_mask(path: Path, image_size: tuple[int, int], image_path: Path, threshold: float = 0) -> np.ndarray:
     """A mask file as a boolean array of its image's size."""
-    mask = open_image(path)
+    mask = image_io.open_image(path)
     if mask.size != image_size:
         raise DatasetError(f"mask {path} is {mask.size[0]}x{mask.size[1]} but its image {image_path} is "
                            f"{image_size[0]}x{image_size[1]}: fix the pairing in the meta file or the mask file")
-    return anomalous_pixels(mask)
+    return anomalous_pixels(mask, threshold)
+
+
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+NAMED_IN_WARNINGS = 3
+
+
+def _levels(values: np.ndarray) -> int:
+    if values.dtype == np.uint8:
+        return int(np.count_nonzero(np.bincount(values.ravel(), minlength=256)))
+    return len(np.unique(values))
+
+
+def _some(paths: list, count: int) -> str:
+    shown = ", ".join(map(str, paths[:NAMED_IN_WARNINGS]))
+    return f"{count} ({'e.g. ' if count > NAMED_IN_WARNINGS else ''}{shown})"
+
+
+def survey_masks(samples: list[Sample], root: Path, meta_path: Path, threshold: float = 0) -> list[str]:
+    """Warnings, one per kind of problem and per dataset (a count and the first files), about masks the
+    `> threshold` rule would read wrongly without a word: lossy or many-level masks (compression noise, a
+    grey "ignore" band counted as defect), masks marking most of the image (inverted?), and anomalous
+    items without any mask (all-normal pixels)."""
+    unmasked, lossy, grey, inverted = [], [], [], []
+    for sample in samples:
+        if not sample.anomaly:
+            continue
+        if not sample.mask_path:
+            unmasked.append(sample.img_path)
+            continue
+        path = root / sample.mask_path
+        mask = image_io.open_image(path)
+        if path.suffix.lower() in LOSSY_SUFFIXES or mask.format in ("JPEG", "MPO"):
+            lossy.append(path)
+        values = mask_values(mask)
+        if values is not None and _levels(values) > 2:
+            grey.append(path)
+        fraction = float(anomalous_pixels(mask, threshold).mean())
+        if fraction > 0.5:
+            inverted.append(f"{path}: {fraction:.1%}")
+    notes = []
+    fix = (f"every value above {threshold:g} counts as defect, so compression noise or a grey 'ignore' band does "
+           "too: pass --mask_threshold 127 to count only the bright pixels (or the value below which pixels are "
+           "not defect), or rewrite the masks as lossless 0/255 PNG files")
+    if lossy and not threshold:
+        notes.append(f"{_some(lossy, len(lossy))} mask(s) of {meta_path} are stored in a lossy format (JPEG); "
+                     + fix)
+    plain_grey = [p for p in grey if p not in set(lossy)]
+    if plain_grey and not threshold:
+        notes.append(f"{_some(plain_grey, len(plain_grey))} mask(s) of {meta_path} hold more than two values "
+                     f"(grey levels); {fix} (if the values are class labels, all of them are defect: ignore this)")
+    if inverted:
+        notes.append(f"{_some(inverted, len(inverted))} mask(s) of {meta_path} mark more of their image as "
+                     "defect than as background: inverted (defect black, background white)? A mask must mark the "
+                     "defect with non-zero values: invert those files")
+    if unmasked:
+        notes.append(f"{_some(unmasked, len(unmasked))} anomalous item(s) of {meta_path} have no mask_path: every "
+                     "pixel of theirs counts as normal in the pixel metrics; add their masks, or evaluate with "
+                     "--metrics image-level if the dataset has none")
+    return notes
 
 
 def resize_mask(binary: np.ndarray, size: int) -> torch.Tensor:
@@ -251,13 +350,19 @@ class AnomalyDataset(torch.utils.data.Dataset):
     mask before the resize."""
 
     def __init__(self, root: str | os.PathLike, image_size: int, split: str = "test", *, dataset: str | None = None,
-                 meta_path: str | os.PathLike | None = None, augmentation=None):
+                 meta_path: str | os.PathLike | None = None, augmentation=None, mask_threshold: float = 0,
+                 max_pixels: int | None = None):
         self.root = Path(root)
         self.image_size = image_size
         self.augmentation = augmentation
+        self.mask_threshold = mask_threshold
+        self.max_pixels = max_pixels  # None: deploy.image_io's limit (--max_image_pixels)
         meta, self.meta_path = read_meta(self.root, meta_path, dataset)
+        log.info("reading the %s split of %s", split, self.meta_path)
         self.samples = samples_from_meta(meta, split, self.root, self.meta_path)
-        check_files(self.samples, self.root, self.meta_path)
+        check_files(self.samples, self.root, self.meta_path, max_pixels)
+        for note in survey_masks(self.samples, self.root, self.meta_path, mask_threshold):
+            log.warning(note)
         self._anomalous_of_class: dict[str, list[int]] = {}
         self._species_of_class: dict[str, dict[str, list[int]]] = {}  # class -> defect type -> items
         for index, sample in enumerate(self.samples):
@@ -279,9 +384,9 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def _decode(self, sample: Sample) -> tuple[Image.Image, np.ndarray]:
         """The image (in its own mode, 8 bit) and its boolean mask at the image's size."""
         image_path = self.root / sample.img_path
-        image = to_8bit_mode(open_image(image_path))
+        image = image_io.read_8bit(image_path, self.max_pixels)
         if sample.anomaly and sample.mask_path:
-            mask = read_mask(self.root / sample.mask_path, image.size, image_path)
+            mask = read_mask(self.root / sample.mask_path, image.size, image_path, self.mask_threshold)
             if not mask.any():
                 log.warning("mask %s of anomalous image %s marks no pixel: its pixel metrics see only normal "
                             "pixels", self.root / sample.mask_path, image_path)

@@ -357,8 +357,17 @@ def spec_from_args(args) -> ModelSpec:
                      settings=args.settings, exported=args.exported, device=args.device)
 
 
+def check_extras() -> None:
+    """demo.py needs gradio, an optional extra: say so before any model loads, not after."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError("the demo needs gradio, which is not installed: pip install -r requirements-deploy.txt")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    check_extras()
     spec = spec_from_args(args)
     if spec.checkpoint or spec.exported:
         print(f"loading {spec.exported or spec.checkpoint} ...", flush=True)

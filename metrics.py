@@ -46,7 +46,7 @@ from metric_kernels.inputs import check_shapes
 from metric_kernels.ranking import ranking_metrics
 from metric_kernels.regions import positive_regions
 from metric_kernels.undefined import UndefinedMetricWarning, warn_undefined
-from utils import atomic_write_json, nan_to_none, one_line_warning, run_cli
+from utils import atomic_write_json, check_output_file, nan_to_none, one_line_warning, run_cli
 
 __all__ = [
     "METRIC_KEYS",
@@ -405,6 +405,7 @@ def _parse_args(argv):
     parser.add_argument("--json", metavar="OUT.json",
                         help="also write {class: {metric: fraction}, 'mean': {...}} here (NaN as null)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar over classes")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file (refused otherwise)")
     return parser.parse_args(argv)
 
 
@@ -412,6 +413,8 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
     warnings.formatwarning = one_line_warning
     keys = LEVELS[args.metrics]
+    if args.json:  # before the scoring: an existing file is never replaced unasked
+        check_output_file(args.json, "--json", overwrite=args.overwrite)
     try:
         data = load_maps(args.maps)
     except (OSError, KeyError, ValueError) as error:

@@ -37,6 +37,7 @@ import csv
 import glob
 import io
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.cli import CHECKPOINT_HELP, add_checkpoint_flags, add_device_flag, add_overwrite_flag, add_run_flags
-from utils import DatasetError, OutputError, atomic_write_bytes, check_output_folder, positive_int, run_cli
+from deploy.outputs import earlier_outputs, publish
+from engine.cli import (CHECKPOINT_HELP, add_checkpoint_flags, add_device_flag, add_image_limit_flag, add_overwrite_flag,
+                        add_run_flags)
+from utils import (DatasetError, OutputError, atomic_write_bytes, check_output_folder, hold_log_records, positive_int,
+                   run_cli, staging_folder)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SCORES_FILE = "scores.csv"
@@ -54,6 +58,10 @@ GLOB_CHARACTERS = frozenset("*?[")
 # Per-file failures that mean "this file is not a readable image"; anything else is a bug and propagates.
 UNREADABLE = (DatasetError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 EXPORTED_FLAGS = ("--onnx", "--openvino")
+# Folders a dataset keeps its masks in: a folder's walk skips them (--include_mask_folders), or a dataset
+# folder given as PATH would score its ground-truth masks as if they were parts.
+MASK_FOLDERS = frozenset({"ground_truth", "groundtruth", "ground-truth", "gt", "mask", "masks", "label", "labels"})
+INTERRUPT_NOTE: dict = {}  # what Ctrl-C's one line adds (set once a run starts writing)
 
 
 def _add_io_flags(parser) -> None:
@@ -62,6 +70,10 @@ def _add_io_flags(parser) -> None:
     parser.add_argument("--save_raw", action="store_true", help="also write each map as NAME.npy (float32 [S, S])")
     parser.add_argument("--color_scale", choices=("fixed", "image"), default="fixed",
                         help="overlay colours: fixed [0, 1] (comparable across images), or each map's own min-max")
+    parser.add_argument("--include_mask_folders", action="store_true",
+                        help="also score images in folders named like mask folders (ground_truth, masks, gt, ...), "
+                             "which a folder's walk skips")
+    add_image_limit_flag(parser)
     add_overwrite_flag(parser, "an earlier run's scores.csv and overlays in --out")
 
 
@@ -152,12 +164,19 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def find_images(arguments: list[str], out_dir: Path) -> tuple[list[Path], list[str]]:
+def _in_mask_folder(path: Path, folder: Path) -> bool:
+    return any(part.lower() in MASK_FOLDERS for part in path.relative_to(folder).parts[:-1])
+
+
+def find_images(arguments: list[str], out_dir: Path, include_mask_folders: bool = False,
+                skipped: list | None = None) -> tuple[list[Path], list[str]]:
     """Expand PATH arguments into image files (first-seen order, no duplicates), and the arguments that matched nothing.
 
     Files named explicitly are always tried (whatever their extension); files found in
     folders or by globs must have an image extension, and a folder's walk skips `out_dir`
-    when that lies inside it (a rerun would otherwise read its own overlays).
+    when that lies inside it (a rerun would otherwise read its own overlays) and, unless
+    `include_mask_folders`, the files below folders named like mask folders (MASK_FOLDERS; those
+    are added to `skipped` when given). A mask folder given as PATH itself is walked.
     """
     out_dir = out_dir.resolve()
     found: dict[Path, Path] = {}
@@ -172,8 +191,15 @@ def find_images(arguments: list[str], out_dir: Path) -> tuple[list[Path], list[s
 
     def add_folder(folder: Path) -> bool:
         skip_out = out_dir != folder.resolve() and _inside(out_dir, folder.resolve())
-        added = [add(path, explicit=False) for path in sorted(folder.rglob("*"))
-                 if not (skip_out and _inside(path, out_dir))]
+        added = []
+        for path in sorted(folder.rglob("*")):
+            if skip_out and _inside(path, out_dir):
+                continue
+            if not include_mask_folders and _in_mask_folder(path, folder) and _is_image(path):
+                if skipped is not None and path.is_file():
+                    skipped.append(path)
+                continue
+            added.append(add(path, explicit=False))
         return any(added)
 
     for argument in arguments:
@@ -224,8 +250,8 @@ def check_no_overwrite(items: list[InputImage], out_dir: Path) -> None:
 class ImageFiles:
     """Loads each file with the dataset's preprocessing; a failure becomes a message, not an exception."""
 
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[Path], size: int, max_pixels: int | None = None):
+        self.paths, self.size, self.max_pixels = paths, size, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -234,7 +260,7 @@ class ImageFiles:
         from deploy.image_io import read_image_array  # dataset.read_image's pixels, without torch
 
         try:
-            image, _ = read_image_array(self.paths[index], self.size)
+            image, _ = read_image_array(self.paths[index], self.size, self.max_pixels)
             return index, image, None
         except UNREADABLE as error:
             cause = error.__cause__ or error
@@ -313,12 +339,16 @@ def save_outputs(image, anomaly_map, score: float, raw_score: float, item: Input
             "max_pixel_score": f"{anomaly_map.max():.6f}", "overlay": overlay, "map": map_file}
 
 
-def check_out(out_dir: Path, overwrite: bool) -> None:
-    """Never mix two runs' files: an --out holding an earlier run's scores.csv is refused."""
+def check_out(out_dir: Path, overwrite: bool) -> list[Path]:
+    """Never mix two runs' files: an --out holding an earlier run's scores.csv is refused; with --overwrite,
+    returns that run's files (the ones its scores.csv lists, and itself), which the new run replaces."""
     check_output_folder(out_dir, "--out")
-    if (out_dir / SCORES_FILE).exists() and not overwrite:
+    if not (out_dir / SCORES_FILE).exists():
+        return []
+    if not overwrite:
         raise OutputError(f"--out {out_dir} already holds an earlier run's {SCORES_FILE}; choose another folder, or "
                           "pass --overwrite to replace its files")
+    return earlier_outputs(out_dir, SCORES_FILE)
 
 
 def make_runner(args, device=None):
@@ -342,11 +372,15 @@ def main(argv=None) -> int:
     from engine import distributed
 
     args = parse_args(argv)
+    hold_log_records()  # what loading the model says reaches log.txt, which is opened once the inputs are found
     out_dir = Path(args.out)
-    check_out(out_dir, args.overwrite)
-    paths, unmatched = find_images(args.paths, out_dir)
+    args.earlier = check_out(out_dir, args.overwrite)
+    args.mask_files = []
+    paths, unmatched = find_images(args.paths, out_dir, args.include_mask_folders, args.mask_files)
     if not paths:
-        raise OutputError(f"nothing to do: no image files in {' '.join(args.paths)}")
+        masks = (f" ({len(args.mask_files)} in mask folders such as {args.mask_files[0].parent} were skipped: "
+                 "pass --include_mask_folders to score them)") if args.mask_files else ""
+        raise OutputError(f"nothing to do: no image files in {' '.join(args.paths)}{masks}")
     items = [InputImage(path, name) for path, name in zip(paths, output_names(paths))]
     check_no_overwrite(items, out_dir)
     if args.exported:
@@ -358,6 +392,25 @@ def main(argv=None) -> int:
 
 
 def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[str], runner, context) -> int:
+    """Rank 0 writes this run's files into a folder beside --out and moves them in only once the run is
+    complete: an interrupted or failed run leaves no partial overlays, and an earlier run (--overwrite) as
+    it was."""
+    out_dir = Path(args.out)
+    staging = staging_folder(out_dir) if context.is_main else None
+    earlier = args.earlier
+    INTERRUPT_NOTE["note"] = ("this run's overlays were removed; " + (
+        f"the earlier run's files in {out_dir} are unchanged" if earlier else f"nothing was written to {out_dir} "
+        "but log.txt"))
+    try:
+        return _predict(args, paths, items, unmatched, runner, context, staging)
+    except BaseException:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _predict(args, paths: list[Path], items: list[InputImage], unmatched: list[str], runner, context,
+             staging: Path | None) -> int:
     """Every rank runs its batches; rank 0 writes every output. Returns the images processed (on every rank)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -372,6 +425,10 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
     logger = setup_logger("zsas.predict", out_dir if context.is_main else None, quiet=not context.is_main)
     for argument in unmatched:
         logger.warning("no image found for %s (not a file, a folder with images, or a matching glob)", argument)
+    if args.mask_files:
+        folders = sorted({str(p.parent) for p in args.mask_files})
+        logger.info("skipped %d image(s) in mask folders (%s%s): pass --include_mask_folders to score them",
+                    len(args.mask_files), ", ".join(folders[:3]), " …" if len(folders) > 3 else "")
     size = info.image_size
     device = getattr(runner, "device", None)
     batch_size = args.batch_size or (default_batch_size(device) if device is not None else 8)
@@ -382,7 +439,8 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
     if len(mine) <= 1:  # one batch: starting loader processes would cost more than it saves
         workers = 0
     rounds = -(-len(all_batches) // context.world_size)
-    results = gathered(model_outputs(image_batches(ImageFiles(paths, size), mine, workers), runner), rounds, context)
+    files = ImageFiles(paths, size, args.max_image_pixels)
+    results = gathered(model_outputs(image_batches(files, mine, workers), runner), rounds, context)
     logger.info("predicting %d image(s) with %s at %dx%d (%s%s); outputs in %s", len(paths), info.title, size, size,
                 runner.description, f", {context.world_size} processes" if context.enabled else "", out_dir)
     if device is not None:
@@ -408,7 +466,7 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
                     else:
                         for row, index in enumerate(indices):
                             rows.append(save_outputs(images[row], maps[row], float(scores[row]), float(scores[row]),
-                                                     items[index], out_dir, args))
+                                                     items[index], staging, args))
                 progress.update(len(indices) + len(failed))
         progress.close()
     if held:
@@ -418,11 +476,17 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
         for indices, images, _, _ in held:
             for row, index in enumerate(indices):
                 rows.append(save_outputs(images[row], maps[position], float(scores[position]),
-                                         float(raw_scores[position]), items[index], out_dir, args))
+                                         float(raw_scores[position]), items[index], staging, args))
                 position += 1
 
-    if rows:
-        write_scores(out_dir / SCORES_FILE, rows)
+    if rows:  # the run is complete: its files replace the earlier run's (if any)
+        write_scores(staging / SCORES_FILE, rows)
+        removed = publish(staging, out_dir, args.earlier)
+        if args.earlier:
+            logger.info("replaced the earlier run in %s (--overwrite): %d of its files not written again were "
+                        "removed", out_dir, removed)
+    elif staging is not None:
+        shutil.rmtree(staging)
     if context.is_main:
         logger.info("done: %d image(s) processed, %d unreadable file(s) skipped%s; %s", len(rows), skipped,
                     f", {len(unmatched)} PATH argument(s) matched nothing" if unmatched else "",
@@ -432,7 +496,8 @@ def predict(args, paths: list[Path], items: list[InputImage], unmatched: list[st
 
 def cli():
     """Exit status 1 when no image at all could be processed."""
-    return run_cli(main, "predict.py", exit_status=lambda processed: 0 if processed else 1)
+    return run_cli(main, "predict.py", exit_status=lambda processed: 0 if processed else 1,
+                   on_interrupt=lambda: INTERRUPT_NOTE.get("note"))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from models import DEFAULT_METHOD, get_method, method_names
 from metrics import HEADERS, METRIC_KEYS as PAPER_COLUMNS
-from utils import atomic_write_bytes, run_cli
+from utils import atomic_write_bytes, check_output_file, run_cli
 
 RESULTS_FILE = "results.json"
 SUMMARY_FILE = "summary.md"
@@ -220,17 +220,19 @@ def main(argv=None) -> str:
     parser.add_argument("--model", choices=method_names(), default=None,
                         help="only this method's results (default: every method found, one section each)")
     parser.add_argument("--out", metavar="FILE.md", default=None, help=f"where to write (default RESULTS_DIR/{SUMMARY_FILE})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing summary file (refused otherwise)")
     args = parser.parse_args(argv)
     results_dir = Path(args.results_dir)
     if not results_dir.is_dir():
         raise SystemExit(f"summarize.py: {results_dir} is not a folder")
+    out = Path(args.out) if args.out else results_dir / SUMMARY_FILE
+    check_output_file(out, "--out", overwrite=args.overwrite)
     results = gather(results_dir, warn=lambda message: print(f"summarize.py: {message}", file=sys.stderr),
                      method=args.model)
     if not results:
         which = f" of --model {args.model}" if args.model else ""
         raise SystemExit(f"summarize.py: no {RESULTS_FILE}{which} under {results_dir}; run test.py with --save_path there")
     summary = render_summary(results, results_dir)
-    out = Path(args.out) if args.out else results_dir / SUMMARY_FILE
     atomic_write_bytes(out, summary.encode())
     print(summary)
     print(f"written to {out}", file=sys.stderr)

@@ -24,10 +24,12 @@ from pathlib import Path
 import metrics
 from models import fewshot, get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from engine.cli import add_checkpoint_flags, add_overwrite_flag, add_run_flags
-from utils import HelpFormatter, OutputError, check_output_file, check_output_folder, non_negative_int, run_cli
+from engine.cli import add_checkpoint_flags, add_mask_flags, add_overwrite_flag, add_run_flags
+from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder, non_negative_int, run_cli,
+                   staging_folder, swap_in)
 
 RESULTS_FILE = "results.json"
+INTERRUPT_NOTE: dict = {}  # what Ctrl-C's one line adds (set once a run replaces an earlier one)
 FIGURES = "visualization"
 
 
@@ -45,6 +47,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                       help="picks meta_<dataset>.json in the root (the VCP-CLIP authors' layout) and labels logs and "
                            "tables (default: the root's meta.json, labelled with the folder's name)")
     data.add_argument("--save_path", default="./results", help="folder for log.txt, results.json and figures")
+    add_mask_flags(data)
     model = parser.add_argument_group(f"model ({method.title}; settings a checkpoint records are read from it)")
     add_checkpoint_flags(model)
     add_setting_flags(model, method.config, "test")
@@ -102,21 +105,20 @@ def main(argv=None) -> dict:
 
 def evaluate(args, method, earlier, context, device) -> dict | None:
     """Every rank infers its shard; rank 0 gathers, scores and writes (returns None elsewhere)."""
-    import torch
-
-    from engine import distributed
     from dataset import AnomalyDataset
-    from engine.inference import loader_chunk, predict_dataset, save_maps, warm_up
+    from deploy import image_io
+    from engine.devices import configure_precision
     from models import create_model, resolve_config
     from models.checkpoint import read_checkpoint
-    from engine.devices import (configure_precision, default_batch_size, loader_workers, log_machine, memory_note,
-                                peak_gpu_memory_gb, reset_peak_gpu_memory, shared_memory_warning)
-    from utils import atomic_write_json, nan_to_none, setup_logger
+    from utils import hold_log_records
 
+    hold_log_records()  # what the checks below say reaches log.txt, which cannot exist before they pass
+    image_io.set_max_pixels(args.max_image_pixels)
     checkpoint = read_checkpoint(args.checkpoint_path)
     settings = values_from_args(args, method.config)
-    config = resolve_config(method.name, checkpoint, args.checkpoint_path, **settings)
-    dataset = AnomalyDataset(args.data_path, config.image_size, split="test", dataset=args.dataset)
+    config = resolve_config(method.name, checkpoint, args.checkpoint_path, **settings)  # overrides logged once, here
+    dataset = AnomalyDataset(args.data_path, config.image_size, split="test", dataset=args.dataset,
+                             mask_threshold=args.mask_threshold, max_pixels=args.max_image_pixels)
     configure_precision(args.precision)
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
                          checkpoint_name=args.checkpoint_path, device=device, config=config, **settings)
@@ -124,10 +126,32 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
     references = fewshot.prepare(model, args, dataset, device)
 
     save_path = Path(args.save_path)
-    if context.is_main:
-        for path in earlier:  # only once every input has been checked
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    logger = setup_logger("zsas.test", save_path if context.is_main else None, quiet=not context.is_main)
+    # Replacing an earlier run (--overwrite): this run writes beside it and swaps its files in only once they
+    # are complete, so an interrupted or failed run leaves the earlier results as they were.
+    staging = staging_folder(save_path) if context.is_main and earlier else None
+    if staging is not None:
+        INTERRUPT_NOTE["note"] = f"the earlier results in {save_path} are unchanged"
+    try:
+        return _evaluate(args, method, config, checkpoint, dataset, model, save_path, staging, earlier, context,
+                         device, references)
+    except BaseException:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _evaluate(args, method, config, checkpoint, dataset, model, save_path, staging, earlier, context, device,
+              references=None):
+    import torch
+
+    from engine import distributed
+    from engine.inference import loader_chunk, predict_dataset, save_maps, warm_up
+    from engine.devices import (default_batch_size, loader_workers, log_machine, memory_note, peak_gpu_memory_gb,
+                                reset_peak_gpu_memory, shared_memory_warning)
+    from utils import atomic_write_json, nan_to_none, setup_logger
+
+    out = staging or save_path  # where this run's files go until they are complete
+    logger = setup_logger("zsas.test", out if context.is_main else None, quiet=not context.is_main)
     label = args.dataset or Path(args.data_path).name
     processes = f", {context.world_size} processes" if context.enabled else ""
     logger.info("evaluating %s with %s: %d images in %d classes from %s, on %s%s, precision %s", label,
@@ -179,7 +203,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
                                    "test_settings": {"sigma": config.sigma, **_test_only(model)},
                                    "metrics": results, "run": stats,
                                    **({"references": references} if references is not None else {})}),
-                      save_path / RESULTS_FILE)
+                      out / RESULTS_FILE)
     failures = []  # the metrics are safe in results.json now; what follows may fail without losing them
     if args.save_maps:
         try:
@@ -192,10 +216,14 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
         from reporting import visualization
 
         try:
-            written = visualization.save_test_panels(outputs, dataset, save_path / FIGURES, max_per_class=args.vis_max)
+            written = visualization.save_test_panels(outputs, dataset, out / FIGURES, max_per_class=args.vis_max)
             logger.info("%d figures written under %s", written, save_path / FIGURES)
         except OSError as error:
             failures.append(f"--visualize into {save_path / FIGURES}: {error}")
+    if staging is not None:
+        swap_in(staging, save_path, earlier)
+        logger.info("the earlier run's results in %s are replaced (--overwrite): %s", save_path,
+                    ", ".join(p.name for p in earlier))
     if failures:
         raise OutputError("the metrics are in " + str(save_path / RESULTS_FILE) + ", but " + "; ".join(failures))
     return results
@@ -239,7 +267,7 @@ def smoke(args) -> dict:
 
 
 def cli():
-    return run_cli(main, "test.py")
+    return run_cli(main, "test.py", on_interrupt=lambda: INTERRUPT_NOTE.get("note"))
 
 
 if __name__ == "__main__":

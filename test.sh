@@ -31,7 +31,9 @@ source ./scripts_common.sh
 checkpoint_of() {  # the checkpoint trained on auxiliary dataset $1
     local variable="${1^^}_CHECKPOINT"
     if [[ -n "${!variable:-}" ]]; then echo "${!variable}"; return; fi
-    ls -v "$CHECKPOINTS/$1_train"/epoch_*.pth 2>/dev/null | tail -n 1
+    # `|| true`: with no epoch file `ls` fails, and under pipefail that would end the script silently (exit 2)
+    # before the message below could say why
+    ls -v "$CHECKPOINTS/$1_train"/epoch_*.pth 2>/dev/null | tail -n 1 || true
 }
 
 evaluated=0
@@ -66,5 +68,5 @@ if [[ $evaluated -eq 0 ]]; then
     echo "test.sh: no dataset of the $METHOD protocol was found under $DATA_ROOT; nothing was evaluated" >&2
     exit 1
 fi
-"$PYTHON" summarize.py "$RESULTS" --model "$METHOD"
+"$PYTHON" summarize.py "$RESULTS" --model "$METHOD" --overwrite  # its own table of what is in $RESULTS
 [[ $failures -eq 0 ]]

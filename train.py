@@ -19,11 +19,13 @@ from pathlib import Path
 
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from engine.cli import add_clip_weights_flag, add_overwrite_flag, add_run_flags
+from engine.cli import add_clip_weights_flag, add_mask_flags, add_overwrite_flag, add_run_flags
 from engine.devices import CACHE_MODES
-from utils import HelpFormatter, OutputError, atomic_write_json, check_output_folder, positive_int, run_cli
+from utils import (STAGING_FOLDER, HelpFormatter, OutputError, atomic_write_json, check_output_folder, positive_int,
+                   run_cli, staging_folder, swap_in)
 
 TRAIN_SPLIT = "test"  # both references train on the auxiliary dataset's annotated test split
+INTERRUPT_NOTE: dict = {}  # what Ctrl-C's one line adds (set once a run replaces an earlier one)
 RUN_FILES = ("log.txt", "losses.json", "train_stats.json", "validation.json")
 
 
@@ -42,6 +44,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                       help="optional: a dataset root whose test split is scored (pixel AP) after every epoch; "
                            "logged only, it selects nothing")
     data.add_argument("--val_dataset", default=None, help="picks meta_<val_dataset>.json in --val_data_path")
+    add_mask_flags(data)
     model = parser.add_argument_group(f"model ({method.title})")
     add_clip_weights_flag(model)
     model.add_argument("--init_checkpoint", default=None,
@@ -71,8 +74,9 @@ def earlier_run(save_path: Path) -> list[Path]:
         return []
     ours = ("epoch_", *RUN_FILES)  # atomic writes leave `.NAME.XXXX.tmp` when killed mid-write
     stray = [p for p in sorted(save_path.glob(".*.tmp")) if p.name[1:].startswith(ours)]
+    unfinished = [save_path / STAGING_FOLDER] if (save_path / STAGING_FOLDER).is_dir() else []  # an interrupted --overwrite
     return (sorted(save_path.glob("epoch_*.pth")) + stray
-            + [save_path / f for f in RUN_FILES if (save_path / f).exists()])
+            + [save_path / f for f in RUN_FILES if (save_path / f).exists()] + unfinished)
 
 
 def check_save_path(save_path: Path, overwrite: bool) -> list[Path]:
@@ -97,19 +101,24 @@ def main(argv=None) -> Path:
     # Everything below imports torch; every input is checked before anything is written.
     from engine import distributed
     from dataset import AnomalyDataset
+    from deploy import image_io
     from models import resolve_config
     from models.checkpoint import read_checkpoint
+    from utils import hold_log_records
 
+    hold_log_records()  # what the checks below say reaches log.txt, which cannot exist before they pass
+    image_io.set_max_pixels(args.max_image_pixels)
     init = read_checkpoint(args.init_checkpoint, "--init_checkpoint") if args.init_checkpoint else None
     config = resolve_config(method.name, init, args.init_checkpoint, "--init_checkpoint", **settings)
     image_size = config.image_size
+    inputs = {"mask_threshold": args.mask_threshold, "max_pixels": args.max_image_pixels}
     dataset = AnomalyDataset(args.train_data_path, image_size, split=TRAIN_SPLIT, dataset=args.dataset,
-                             augmentation=training.augmentation())
-    validation = (AnomalyDataset(args.val_data_path, image_size, split="test", dataset=args.val_dataset)
+                             augmentation=training.augmentation(), **inputs)
+    validation = (AnomalyDataset(args.val_data_path, image_size, split="test", dataset=args.val_dataset, **inputs)
                   if args.val_data_path else None)
     with distributed.session(args.device) as (context, device):
-        return _train(args, method, training, (config, settings), save_path, to_remove, dataset, validation, init, context,
-                      device)
+        return _train(args, method, training, (config, settings), save_path, to_remove, dataset, validation, init,
+                      context, device)
 
 
 def _train(args, method, training, resolved, save_path, to_remove, dataset, validation, init, context, device):
@@ -139,9 +148,14 @@ def _train(args, method, training, resolved, save_path, to_remove, dataset, vali
     if context.enabled:  # dropout and augmentation draw differently on each rank; the batches do not
         set_seed(training.seed + context.rank)
 
-    if context.is_main:  # only now: a run that fails on its inputs must not cost the earlier one
-        for path in to_remove:
-            path.unlink()
+    # Replacing an earlier run (--overwrite): this run writes into a folder beside it and swaps its files in
+    # only after the last epoch, so an interrupted or failed run leaves the earlier checkpoints as they were.
+    final_path, staging = save_path, None
+    if context.is_main and to_remove:
+        staging = staging_folder(save_path)
+        INTERRUPT_NOTE["note"] = (f"the earlier run in {save_path} is unchanged; this run's files so far are in "
+                                  f"{staging} (the next --overwrite run removes them)")
+    save_path = staging or save_path
     logger = setup_logger("zsas.train", save_path if context.is_main else None, quiet=not context.is_main)
     label = args.dataset or Path(args.train_data_path).name
     if dataset.anomalous_count == 0:
@@ -196,11 +210,14 @@ def _train(args, method, training, resolved, save_path, to_remove, dataset, vali
         atomic_write_json(stats, save_path / "train_stats.json")
     logger.info("trained %d epochs in %.1f s (%.1f images/s)%s", training.epoch, seconds,
                 stats["images_per_second"], memory_note(device))
-    return last_saved
+    if staging is not None:
+        swap_in(staging, final_path, to_remove)
+        logger.info("the earlier run's files in %s are replaced (--overwrite)", final_path)
+    return final_path / last_saved.name if last_saved else None
 
 
 def cli():
-    return run_cli(main, "train.py")
+    return run_cli(main, "train.py", on_interrupt=lambda: INTERRUPT_NOTE.get("note"))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -78,6 +79,39 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+class _HoldHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def hold_log_records() -> None:
+    """Keep what the project's loggers say until `setup_logger` opens the run's log.txt (the output folder is
+    created only once the inputs are checked): what the data and checkpoint checks warn reaches log.txt too.
+    Should the run fail first, `run_cli` prints the held warnings before the error."""
+    target = logging.getLogger(PROJECT_LOGGER)
+    for handler in list(target.handlers):
+        handler.close()
+        target.removeHandler(handler)
+    target.addHandler(_HoldHandler())
+    target.setLevel(logging.INFO)
+    target.propagate = False
+
+
+def _held_records() -> list[logging.LogRecord]:
+    target = logging.getLogger(PROJECT_LOGGER)
+    return [r for h in target.handlers if isinstance(h, _HoldHandler) for r in h.records]
+
+
+def _print_held_warnings() -> None:
+    for record in _held_records():
+        if record.levelno >= logging.WARNING:
+            print(f"warning: {record.getMessage()}", file=sys.stderr)
+
+
 def setup_logger(name: str, save_path: str | os.PathLike | None, quiet: bool = False) -> logging.Logger:
     """Console plus `save_path/log.txt` (appended), one format for both, for every project logger and for
     Python warnings (e.g. an undefined metric), so that what the console shows, the log keeps.
@@ -89,6 +123,7 @@ def setup_logger(name: str, save_path: str | os.PathLike | None, quiet: bool = F
         handlers.append(logging.FileHandler(Path(save_path) / "log.txt"))
     warnings.formatwarning = one_line_warning
     logging.captureWarnings(True)
+    held = _held_records()
     for target in (logging.getLogger(PROJECT_LOGGER), logging.getLogger("py.warnings")):
         for handler in list(target.handlers):  # a second main() in one process must not leak open log files
             handler.close()
@@ -98,6 +133,10 @@ def setup_logger(name: str, save_path: str | os.PathLike | None, quiet: bool = F
             target.addHandler(handler)
         target.setLevel(logging.ERROR if quiet else logging.INFO)
         target.propagate = False
+    project = logging.getLogger(PROJECT_LOGGER)
+    for record in held:  # what was said before the log file could exist, in order, with its own time
+        if record.levelno >= project.level:
+            project.handle(record)
     return logging.getLogger(name)
 
 
@@ -182,6 +221,13 @@ def check_output_folder(path: str | os.PathLike, flag: str) -> Path:
         raise OutputError(f"{flag} {path} lies under {existing}, which is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"{flag} {path}: cannot write in {existing} (permission denied); choose another path")
+    # os.access says yes on special file systems (/proc, /sys) and to root on a read-only mount: try for real,
+    # with a probe folder removed at once, so that this check still creates nothing
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".write-probe-"))
+    except OSError as error:
+        raise OutputError(f"{flag} {path}: cannot create anything in {existing} ({error.strerror or error}); "
+                          "choose a folder on a writable disk") from None
     return path
 
 
@@ -198,6 +244,43 @@ def check_output_file(path: str | os.PathLike, flag: str, overwrite: bool = True
     return path
 
 
+STAGING_FOLDER = ".incoming"  # where a run that replaces an earlier one (--overwrite) writes until it is complete
+
+
+def staging_folder(folder: str | os.PathLike) -> Path:
+    """A fresh folder inside `folder` for the files of a run that will replace an earlier run's (--overwrite):
+    the earlier files stay untouched until `swap_in`, so an interrupted or failed run costs nothing."""
+    staging = Path(folder) / STAGING_FOLDER
+    if staging.is_dir():
+        shutil.rmtree(staging)  # a killed earlier attempt's
+    staging.mkdir(parents=True)
+    return staging
+
+
+def swap_in(staging: Path, folder: Path, earlier: list[Path]) -> None:
+    """The new run's files are complete in `staging`: move each onto its place in `folder` (a file replaces
+    a file atomically), then remove the earlier run's files that the new run did not replace."""
+    folder = Path(folder)
+    replaced = folder / ".replaced"
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    moved = set()
+    for item in sorted(staging.iterdir()):
+        target = folder / item.name
+        if target.is_dir() and not target.is_symlink():  # a folder cannot be renamed onto a full one
+            replaced.mkdir(exist_ok=True)
+            os.replace(target, replaced / item.name)
+        os.replace(item, target)
+        moved.add(target)
+    for path in map(Path, earlier):
+        if path in moved or path == staging or not (path.exists() or path.is_symlink()):
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    staging.rmdir()
+    if replaced.exists():
+        shutil.rmtree(replaced)
+
+
 INTERRUPTED_STATUS = 130  # what a shell reports for a process ended by Ctrl-C (128 + SIGINT)
 
 
@@ -209,7 +292,11 @@ def run_cli(main, script: str, exit_status=None, on_interrupt=None):
     try:
         result = main()
     except ValueError as error:
+        _print_held_warnings()
         raise SystemExit(f"{script}: {error}") from None
+    except OSError as error:  # the disk or the system refused (full, read-only, vanished): say so in one line
+        where = f" ({error.filename})" if error.filename and str(error.filename) not in str(error) else ""
+        raise SystemExit(f"{script}: {error}{where}") from None
     except KeyboardInterrupt:
         note = on_interrupt() if on_interrupt else None
         print(f"{script}: interrupted; every file written so far is complete (atomic writes)"

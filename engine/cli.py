@@ -7,7 +7,7 @@ differs between scripts is given by the caller together with the help text sayin
 from __future__ import annotations
 
 from engine.devices import BATCH_SIZE_HELP, DEVICE_HELP, PRECISION_HELP, PRECISIONS
-from utils import non_negative_int, positive_int
+from utils import non_negative_float, non_negative_int, positive_int
 
 CLIP_WEIGHTS_HELP = "OpenAI's ViT-L-14-336px.pt (TorchScript), an OpenAI-layout state dict, or 'openai'"
 CHECKPOINT_HELP = "train.py's epoch_{n}.pth or one of the authors' released files"
@@ -43,3 +43,19 @@ def add_run_flags(group, *, batch_size: bool = True, workers_help: str | None = 
 
 def add_overwrite_flag(group, what: str) -> None:
     group.add_argument("--overwrite", action="store_true", help=f"replace {what} (refused otherwise)")
+
+
+def add_image_limit_flag(group) -> None:
+    """--max_image_pixels: the one limit on an input image's size (deploy/image_io.py checks it)."""
+    from deploy.image_io import DEFAULT_MAX_PIXELS, MAX_PIXELS_HELP
+
+    group.add_argument("--max_image_pixels", type=non_negative_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                       help=MAX_PIXELS_HELP)
+
+
+def add_mask_flags(group) -> None:
+    """--mask_threshold: which mask values are defect (dataset.anomalous_pixels); and the image limit."""
+    group.add_argument("--mask_threshold", type=non_negative_float, default=0.0, metavar="T",
+                       help="mask values above T are defect (default 0: any non-zero value); e.g. 127 for JPEG "
+                            "masks or masks with a grey 'ignore' band")
+    add_image_limit_flag(group)

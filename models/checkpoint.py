@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from utils import atomic_torch_save
 from . import settings as settings_module
 from .errors import CheckpointError
 
+log = logging.getLogger("zsas.models")
 FORMAT = "zsas-clip/2"
 # Files that are plainly something else; naming what they are beats torch's unpickling advice.
 NOT_CHECKPOINTS = {".json": "a JSON file (a meta.json?)", ".npz": "a NumPy archive (CLIP weights or saved maps?)",
@@ -86,11 +88,15 @@ def check_method(checkpoint: dict, method, path, flag: str = "--checkpoint_path"
                           f"pass --model {found} (its keys: {keys})")
 
 
-def resolve_settings(config_class, recorded: dict, requested: dict, path, flag: str = "--checkpoint_path"):
+def resolve_settings(config_class, recorded: dict, requested: dict, path, flag: str = "--checkpoint_path",
+                     log_overrides: bool = True):
     """Settings for a model: requested values (not None) > what the checkpoint recorded > the defaults.
 
-    A requested value that contradicts a setting the checkpoint's tensors fix is an
-    error naming both, and the flag to change."""
+    A requested value that contradicts a setting the checkpoint's tensors fix (`shape`,
+    `recorded`) or a setting that selects trained parameters (`trained=True`) is an error
+    naming both, and the flag to change. Any other recorded setting may be overridden; each
+    override is logged. A trained-parameter setting the checkpoint does not record (the
+    authors' files) cannot be checked: that is logged too."""
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     values = settings_module.to_dict(config_class())
     values.update({k: v for k, v in recorded.items() if k in fields})
@@ -99,16 +105,25 @@ def resolve_settings(config_class, recorded: dict, requested: dict, path, flag: 
             continue
         wanted = tuple(wanted) if isinstance(wanted, list) else wanted
         kind = fields[name].metadata.get("kind")
+        trained = settings_module.selects_trained_parameters(fields[name])
         had = recorded.get(name)
         had = tuple(had) if isinstance(had, list) else had
-        if kind in ("shape", "recorded") and had is not None and wanted != had:
-            option = settings_module.flag_name(fields[name])
+        option = settings_module.flag_name(fields[name])
+        if (kind in ("shape", "recorded") or trained) and had is not None and wanted != had:
             if isinstance(had, bool):
                 fix = f"{'pass' if had != fields[name].default else 'drop'} {option}"
             else:
                 fix = f"pass {option} {' '.join(map(str, had)) if isinstance(had, tuple) else had}"
+            why = " (it selects trained parameters)" if trained and kind not in ("shape", "recorded") else ""
             raise CheckpointError(f"{flag} {path} was made with {name}={_show(had)}, but this run has "
-                                  f"{name}={_show(wanted)}: {fix} (or use another checkpoint)")
+                                  f"{name}={_show(wanted)}{why}: {fix} (or use another checkpoint)")
+        if log_overrides and had is not None and wanted != had:
+            log.info("%s %s overrides %s=%s recorded in %s (no trained parameter depends on it)", option,
+                     _show(wanted), name, _show(had), path)
+        elif log_overrides and path is not None and had is None and trained and kind not in ("shape", "recorded"):
+            log.warning("%s %s: %s does not record the %s it was trained with, so this cannot be checked; its "
+                        "trained parameters are used as they are on these values", option, _show(wanted), path,
+                        name)
         values[name] = wanted
     return settings_module.from_dict(config_class, values)
 

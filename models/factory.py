@@ -19,8 +19,9 @@ log = logging.getLogger("zsas.models")
 
 
 def resolve_config(name: str, checkpoint: dict | None = None, path=None, flag: str = "--checkpoint_path",
-                   **settings):
-    """The method's settings for a model (and a checkpoint, when one is given), checked."""
+                   log_overrides: bool = True, **settings):
+    """The method's settings for a model (and a checkpoint, when one is given), checked; `log_overrides`:
+    log the flags that override what the checkpoint recorded (create_model does, once)."""
     from .checkpoint import check_method, resolve_settings
 
     method = get_method(name)
@@ -28,7 +29,7 @@ def resolve_config(name: str, checkpoint: dict | None = None, path=None, flag: s
         return resolve_settings(method.config, {}, settings, path, flag)
     check_method(checkpoint, method, path, flag)
     recorded = method.model_class().recorded_settings(checkpoint)
-    return resolve_settings(method.config, recorded, settings, path, flag)
+    return resolve_settings(method.config, recorded, settings, path, flag, log_overrides)
 
 
 def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | os.PathLike | dict | None = None,
@@ -71,6 +72,15 @@ def create_model(name: str, *, clip_weights: str = "openai", checkpoint: str | o
             log.warning("%s was trained on other CLIP weights (fingerprint %s) than --clip_weights %s (%s): "
                         "its maps and scores will not be what it was trained for", path, recorded, clip_weights,
                         model.clip_fingerprint)
+        elif not recorded:  # the authors' released files record no fingerprint
+            log.log(logging.INFO if clip_weights == "openai" else logging.WARNING,
+                    "CLIP weights: --clip_weights %s (fingerprint %s); %s records no CLIP fingerprint (the "
+                        "authors' released format), so it cannot be checked against them: the maps and scores "
+                        "are right only if these are the CLIP weights it was trained on (the authors': OpenAI's "
+                        "ViT-L-14-336px)", clip_weights, model.clip_fingerprint, path)
+        else:
+            log.info("CLIP weights: --clip_weights %s (fingerprint %s, as %s records)", clip_weights,
+                     model.clip_fingerprint, path)
     if device is not None:
         model.to(device)
     return model.eval()

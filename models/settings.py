@@ -13,12 +13,23 @@ the default, the help text, and what the setting is for (`kind`):
 * ``test``: only used at test time (smoothing, fusion weight); not recorded.
 * ``train``: training hyperparameters (in a method's training dataclass).
 
+A setting may also be marked ``trained=True``: it *selects* trained parameters (VCP-CLIP's
+`features_list` picks the layer each trained linear head is applied to). Its kind may allow
+a test-time flag, but a value other than the checkpoint's is refused: the trained weights
+would be applied where they were never trained. Overriding any other recorded setting is
+allowed and logged.
+
+Every flag's value is checked as it is parsed: numbers must be finite (no `nan`, `inf`),
+and the field's `check` (a range) applies to each value, so a bad flag fails at once with
+argparse's usage line, not after the model has loaded.
+
 Nothing here imports torch, so `--help` stays fast.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any, Callable
 
 KINDS = ("shape", "recorded", "output", "test", "train")
@@ -32,18 +43,19 @@ SCRIPT_KINDS = {
 
 def setting(default: Any, help: str, *, kind: str = "output", type: Callable | None = None,
             nargs: str | None = None, choices=None, flag: str | None = None, metavar: str | None = None,
-            check: Callable[[Any], str | None] | None = None):
+            check: Callable[[Any], str | None] | None = None, trained: bool = False):
     """A dataclass field carrying what its command-line flag needs.
 
     `flag` overrides the flag's name (a boolean that defaults to True is switched off by a
-    negative flag such as `--no_global_context`); `check` returns an error message or None.
+    negative flag such as `--no_global_context`); `check` returns an error message or None;
+    `trained`: the setting selects trained parameters (module docstring).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown setting kind {kind!r}")
     if isinstance(default, bool) and default and flag is None:
         raise ValueError("a boolean setting that defaults to True needs a negative `flag`")
     metadata = {"help": help, "kind": kind, "type": type, "nargs": nargs, "choices": choices, "flag": flag,
-                "metavar": metavar, "check": check}
+                "metavar": metavar, "check": check, "trained": trained}
     if isinstance(default, (list, dict, set)):
         raise ValueError("use a tuple for sequence defaults")
     return dataclasses.field(default=default, metadata=metadata)
@@ -51,6 +63,29 @@ def setting(default: Any, help: str, *, kind: str = "output", type: Callable | N
 
 def fields_of(config_class, kinds=KINDS) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(config_class) if f.metadata.get("kind", "output") in kinds]
+
+
+def selects_trained_parameters(field: dataclasses.Field) -> bool:
+    return bool(field.metadata.get("trained"))
+
+
+def flag_type(field: dataclasses.Field) -> Callable | None:
+    """The argparse type of a setting's flag: its `type`, then finite numbers only, then its `check`."""
+    convert, check, many = field.metadata.get("type"), field.metadata.get("check"), field.metadata.get("nargs")
+    if convert is None:
+        return None
+
+    def parse(text: str):
+        value = convert(text)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        message = check(value) if check and not many else None  # a list's own checks run on the whole list
+        if message:
+            raise argparse.ArgumentTypeError(message)
+        return value
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it in "invalid float value: 'x'"
+    return parse
 
 
 def flag_name(field: dataclasses.Field) -> str:
@@ -98,7 +133,7 @@ def add_setting_flags(group, config_class, script: str) -> None:
             group.add_argument(flag_name(field), dest=field.name, action="store_const", const=not default,
                                default=None if from_checkpoint else default, help=help_text)
             continue
-        options = {"dest": field.name, "help": help_text, "type": meta["type"], "metavar": meta["metavar"]}
+        options = {"dest": field.name, "help": help_text, "type": flag_type(field), "metavar": meta["metavar"]}
         if meta["nargs"]:
             options["nargs"] = meta["nargs"]
         if meta["choices"]:
@@ -130,11 +165,20 @@ def setting_problems(config) -> list[str]:
     """What every field's `check` finds wrong, each naming its flag (for one ValueError listing all)."""
     problems = []
     for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
         check = field.metadata.get("check")
-        message = check(getattr(config, field.name)) if check else None
+        if isinstance(value, float) and not math.isfinite(value):
+            message = f"must be a finite number, got {value}"
+        else:
+            message = check(value) if check else None
         if message:
             problems.append(f"{flag_name(field)} {message}")
     return problems
+
+
+def positive(value) -> str | None:
+    """A rate or scale that must be above 0 (a learning rate of 0 or below trains nothing, or backwards)."""
+    return None if value > 0 else f"must be > 0, got {value}"
 
 
 def at_least(minimum: int) -> Callable[[Any], str | None]:

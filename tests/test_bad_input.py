@@ -208,7 +208,7 @@ def test_vcp_inputs_get_the_same_discipline(vcp_clip_pt, tmp_path):
     base = ["--model", "vcp", "--data_path", data, "--clip_weights", vcp_clip_pt, *TEST_ARGS,
             "--save_path", tmp_path / "out"]
     clean_failure(run_script("test.py", *base, "--dataset", "visa", "--checkpoint_path", VCP_FIXTURE / "init.pth",
-                             check=False), "meta.json not found (nor", "meta_visa.json")
+                             check=False), "meta_visa.json not found", "holds meta_mvtec.json", "pass --dataset mvtec")
     clean_failure(run_script("test.py", *base, "--dataset", "mvtec", "--checkpoint_path", FIXTURE / "init.pth",
                              check=False), "is a ViP²-CLIP checkpoint, not VCP-CLIP: pass --model vip2")
     broken = torch.load(VCP_FIXTURE / "init.pth", weights_only=True)

@@ -57,7 +57,8 @@ def _images(tmp_path) -> dict:
               "bits.png": Image.fromarray(rgb[..., 0] > 128), "la.png": Image.fromarray(rgb).convert("LA"),
               "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"), "photo.jpg": Image.fromarray(rgb),
               "sixteen.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),  # mode I;16
-              "float.tif": Image.fromarray(rgb[..., 1].astype(np.float32) * 1.1)}
+              "float.tif": Image.fromarray(rgb[..., 1].astype(np.float32) / 255),  # [0, 1]: scaled by 255
+              "float255.tif": Image.fromarray(rgb[..., 1].astype(np.float32))}  # [0, 255]: as it is
     transparent = Image.fromarray(rgb).convert("P")
     transparent.info["transparency"] = 0
     images["transparent.png"] = transparent

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from utils import non_negative_float, non_negative_int, positive_int
 
 from ..constants import CLIP_TEMPERATURE, SMOOTHING_SIGMA
-from ..settings import at_least, non_empty, setting, setting_problems
+from ..settings import at_least, non_empty, positive, setting, setting_problems
 
 TEMPERATURE_INIT = 1 / CLIP_TEMPERATURE  # both temperatures start at ln(1/0.07) (SPEC_VCP §3, §4)
 FUSION_ALPHA = 0.2  # a literal in the reference's test.py
@@ -36,8 +36,9 @@ class VCPConfig:
     image_size: int = setting(518, "input size in pixels (a multiple of the 14 px patch)", type=positive_int,
                               check=at_least(1))
     features_list: tuple[int, ...] = setting(
-        (6, 12, 18, 24), "1-based vision layers whose patch features make the maps (used in increasing order)",
-        type=positive_int, nargs="+", check=non_empty)
+        (6, 12, 18, 24), "1-based vision layers whose patch features make the maps (used in increasing order; "
+                         "each has its own trained linear head, so a checkpoint's layers cannot be changed)",
+        type=positive_int, nargs="+", check=non_empty, trained=True)
     prompt_len: int = setting(2, "learnable category vectors r in the unified text prompt", kind="shape",
                               type=positive_int, check=at_least(1))
     deep_prompt_len: int = setting(1, "deep text prompt tokens n per text layer", kind="shape", type=positive_int,
@@ -76,9 +77,10 @@ class VCPTraining:
     epoch: int = setting(10, "number of epochs", kind="train", type=positive_int)
     batch_size: int = setting(32, "images per optimiser step", kind="train", type=positive_int)
     learning_rate: float = setting(4e-5, "Adam learning rate of everything but the two temperatures (the paper: "
-                                         "4e-5 training on VisA, 2e-5 on MVTec AD)", kind="train", type=float)
+                                         "4e-5 training on VisA, 2e-5 on MVTec AD)", kind="train", type=float,
+                                   check=positive)
     temperature_learning_rate: float = setting(0.01, "Adam learning rate of the two temperatures", kind="train",
-                                               type=float)
+                                               type=float, check=positive)
     seed: int = setting(333, "seed of initialisation, shuffling, dropout and augmentation", kind="train", type=int)
     dtp_dropout: float = setting(0.1, "dropout on the projected deep text prompts while training (0: off)",
                                  kind="train", type=float, check=_dropout)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from utils import non_negative_float, non_negative_int, positive_int
 
 from ..constants import SMOOTHING_SIGMA  # test-time Gaussian on the anomaly maps (SPEC §6)
-from ..settings import at_least, non_empty, setting, setting_problems
+from ..settings import at_least, non_empty, positive, setting, setting_problems
 
 # Constants of the method (SPEC §3, §4): not flags, the released checkpoints were trained with them.
 
@@ -59,9 +59,15 @@ class ViP2Training:
     epoch: int = setting(10, "number of epochs", kind="train", type=positive_int)
     batch_size: int = setting(8, "images per optimiser step", kind="train", type=positive_int)
     learning_rate: float = setting(1e-3, "Adam learning rate of the prompt learner (ViP-ICA)", kind="train",
-                                   type=float)
-    fgp_learning_rate: float = setting(1e-5, "Adam learning rate of ViP-FGP", kind="train", type=float)
+                                   type=float, check=positive)
+    fgp_learning_rate: float = setting(1e-5, "Adam learning rate of ViP-FGP", kind="train", type=float,
+                                       check=positive)
     seed: int = setting(111, "seed of initialisation and shuffling", kind="train", type=int)
+
+    def __post_init__(self):
+        problems = setting_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def augmentation(self):
         """ViP²-CLIP trains without augmentation (so its frozen features can be cached)."""
