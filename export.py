@@ -35,7 +35,8 @@ from pathlib import Path
 
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from deploy.runners import FORMAT_SUFFIXES, INPUT_NAME, OUTPUT_NAMES, ExportedModelError, ModelInfo
+from deploy.runners import (FORMAT_SUFFIXES, INPUT_NAME, OUTPUT_NAMES, ExportedModelError, ModelInfo,
+                            checkpoint_calibration)
 from engine.cli import add_checkpoint_flags, add_overwrite_flag
 from utils import HelpFormatter, OutputError, check_output_file, run_cli
 
@@ -154,7 +155,8 @@ def model_info(model, precision: str, checkpoint=None, fmt: str = "onnx") -> Mod
                      precision=precision, settings=to_dict(model.config),
                      checkpoint=Path(checkpoint).name if checkpoint else "",
                      checkpoint_sha256=sha256_of(checkpoint) if checkpoint else "",
-                     clip_fingerprint=model.clip_fingerprint, exporter=exporter)
+                     clip_fingerprint=model.clip_fingerprint, exporter=exporter,
+                     calibration=checkpoint_calibration(checkpoint) if checkpoint else {})  # calibrate.py's thresholds
 
 
 def sample_images(batch: int, size: int, seed: int = 0):

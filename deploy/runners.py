@@ -46,6 +46,7 @@ class ModelInfo:
     clip_fingerprint: str = ""
     exporter: str = ""  # torch, open_clip and opset versions
     format: str = EXPORT_FORMAT
+    calibration: dict = dataclasses.field(default_factory=dict)  # calibrate.py's thresholds ({}: none; deploy.calibration)
 
     def to_metadata(self) -> dict[str, str]:
         """Flat string pairs: strings as they are, everything else as JSON."""
@@ -107,7 +108,7 @@ class Runner:
 class TorchRunner(Runner):
     """A model built by `models.create_model`."""
 
-    def __init__(self, model, device, precision: str = "fp32", source: str = ""):
+    def __init__(self, model, device, precision: str = "fp32", source: str = "", calibration: dict | None = None):
         from models import get_method
         from models.settings import to_dict
 
@@ -116,7 +117,7 @@ class TorchRunner(Runner):
                               image_size=model.image_size, sigma=float(model.config.sigma),
                               set_normalization=bool(model.set_normalization), precision=precision,
                               settings=to_dict(model.config), checkpoint=Path(source).name if source else "",
-                              clip_fingerprint=model.clip_fingerprint)
+                              clip_fingerprint=model.clip_fingerprint, calibration=calibration or {})
         self.description = f"PyTorch on {device}, precision {precision}" + (f", {source}" if source else "")
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +139,14 @@ def load_torch_runner(method: str, *, checkpoint, clip_weights: str = "openai", 
     resolved = resolve_device(device)
     configure_precision(precision)
     model = create_model(method, clip_weights=clip_weights, checkpoint=checkpoint, device=resolved, **settings)
-    return TorchRunner(model, resolved, precision, str(checkpoint))
+    return TorchRunner(model, resolved, precision, str(checkpoint), calibration=checkpoint_calibration(checkpoint))
+
+
+def checkpoint_calibration(checkpoint) -> dict:
+    """The thresholds calibrate.py stored in a checkpoint ({} when none)."""
+    from models.checkpoint import read_checkpoint
+
+    return dict(read_checkpoint(checkpoint).get("calibration") or {})
 
 
 class OnnxRunner(Runner):
@@ -198,7 +206,7 @@ class OpenVinoRunner(Runner):
                                      "export.py --format openvino, with its .bin beside it") from None
         self.info = ModelInfo.from_metadata(read_openvino_metadata(model), path)
         config = {}
-        if self.info.precision == "fp32":  # CPUs with bf16 units would otherwise run in bf16 by default
+        if self.info.precision in ("fp32", "int8"):  # CPUs with bf16 units would otherwise run in bf16 by default
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
