@@ -104,10 +104,11 @@ def check_output(args) -> Path:
     output = Path(args.output)
     wanted = source.suffix.lower() if args.exported else ".pth"
     if output.suffix.lower() != wanted:
-        raise OutputError(f"--output {output}: a calibrated {'copy of ' + source.name if args.exported else 'checkpoint'}"
-                          f" must end in {wanted}")
-    if output.resolve() == source.resolve() or (output.suffix == ".xml" and
-                                                 output.with_suffix(".bin").resolve() == source.with_suffix(".bin").resolve()):
+        what = f"copy of {source.name}" if args.exported else "checkpoint"
+        raise OutputError(f"--output {output}: a calibrated {what} must end in {wanted}")
+    bins = (output.with_suffix(".bin").resolve(), source.with_suffix(".bin").resolve())
+    same_weights = output.suffix == ".xml" and bins[0] == bins[1]
+    if output.resolve() == source.resolve() or same_weights:
         raise OutputError(f"--output {output} is the input model: write the calibrated model to a new file")
     check_output_file(output, "--output", overwrite=args.overwrite)
     if args.report:
@@ -262,8 +263,9 @@ def write_exported(runner, source, output: Path, record: dict, fmt: str) -> None
 
 
 def summary(record: dict) -> list[str]:
-    lines = [f"calibration set: {record['calibration_set']['images']} image(s), "
-             f"{record['calibration_set']['normal_images']} normal, sha256 {record['calibration_set']['sha256'][:16]}…"]
+    described = record["calibration_set"]
+    lines = [f"calibration set: {described['images']} image(s), {described['normal_images']} normal, sha256 "
+             f"{described['sha256'][:16]}…"]
     measured = record["measured"]
     if measured["false_alarm_image"]:
         m = measured["false_alarm_image"]

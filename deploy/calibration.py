@@ -260,3 +260,16 @@ def decide(record: dict, raw_scores, raw_maps=None) -> tuple[np.ndarray | None, 
 def to_normalised_scale(threshold: float, low: float, high: float) -> float:
     """A raw threshold on the scale of one run's min-max normalisation (VCP-CLIP's set normalisation)."""
     return (threshold - low) / (high - low) if high > low else float("nan")
+
+
+def image_decision(record: dict | None, raw_score: float, raw_map=None) -> tuple[dict, np.ndarray | None]:
+    """One image's decision fields (`decision` pass/defect, `threshold`, `pixel_threshold`; empty without a
+    calibration) and its boolean defect mask (None without a pixel threshold)."""
+    if not record:
+        return {"decision": "", "threshold": "", "pixel_threshold": ""}, None
+    defects, masks = decide(record, [raw_score], None if raw_map is None else np.asarray(raw_map)[None])
+    image_threshold, pixel_threshold = record.get("image_threshold"), record.get("pixel_threshold")
+    return {"decision": "" if defects is None else ("defect" if defects[0] else "pass"),
+            "threshold": "" if image_threshold is None else f"{image_threshold:.6g}",
+            "pixel_threshold": "" if pixel_threshold is None else f"{pixel_threshold:.6g}"}, \
+        None if masks is None else masks[0]

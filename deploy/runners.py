@@ -46,7 +46,7 @@ class ModelInfo:
     clip_fingerprint: str = ""
     exporter: str = ""  # torch, open_clip and opset versions
     format: str = EXPORT_FORMAT
-    calibration: dict = dataclasses.field(default_factory=dict)  # calibrate.py's thresholds ({}: none; deploy.calibration)
+    calibration: dict = dataclasses.field(default_factory=dict)  # calibrate.py's thresholds, {} when none
 
     def to_metadata(self) -> dict[str, str]:
         """Flat string pairs: strings as they are, everything else as JSON."""
