@@ -69,6 +69,9 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
                                       "from it)")
     add_checkpoint_flags(model, required=True)
     add_setting_flags(model, method.config, "test")
+    from deploy.quantize import add_int8_flags
+
+    add_int8_flags(parser)  # --int8 --calibration_dir ... (deploy/quantize.py)
     return parser
 
 
@@ -330,6 +333,9 @@ def main(argv=None) -> dict:
     output = Path(args.output)
     check_outputs(output, args.format, args.overwrite)  # before the long work
     check_dependencies(args.format)
+    from deploy.quantize import check_int8_args
+
+    check_int8_args(args)
 
     from models import create_model
     from models.checkpoint import read_checkpoint
@@ -340,7 +346,28 @@ def main(argv=None) -> dict:
     log.info("building %s from %s on CLIP %s", method.title, args.checkpoint_path, args.clip_weights)
     model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=args.checkpoint_path,
                          device="cpu", **values_from_args(args, method.config))
+    if args.int8:
+        return export_int8(model, output, args)
     return export_model(model, output, args.format, args.precision, checkpoint=args.checkpoint_path)
+
+
+def export_int8(model, output: Path, args) -> dict:
+    """The fp32 file (checked against PyTorch) in a scratch folder, then its INT8 quantisation, checked against it
+    (deploy/quantize.py); only an INT8 file within the bounds (or --int8_on_violation warn) reaches `output`."""
+    from deploy import quantize
+
+    images = quantize.calibration_images(args.calibration_dir, model.image_size, args.int8_max_images)
+    labelled = quantize.eval_set(args.int8_eval_data, model.image_size) if args.int8_eval_data else None
+    bounds = {name: getattr(args, f"int8_{name}") for name in quantize.DEFAULT_BOUNDS}
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.fp32.", dir=output.parent) as scratch:
+        fp32 = export_model(model, Path(scratch) / f"fp32{FORMAT_SUFFIXES[args.format]}", args.format, "fp32",
+                            checkpoint=args.checkpoint_path)
+        with staged_files(output, args.format) as staged:
+            report = quantize.quantize_and_check(fp32["output"], staged, args.format, images, bounds=bounds,
+                                                 on_violation=args.int8_on_violation, labelled=labelled)
+    log.info("wrote %s (%s, INT8): largest map difference from the fp32 file %.3g", output, args.format,
+             report["calibration_images"]["max_map_diff"])
+    return {**fp32, "output": str(output), "precision": "int8", "int8": report}
 
 
 def cli():
