@@ -131,6 +131,9 @@ def quantize_onnx(fp32_path, output, images: np.ndarray, info) -> None:
             batch = next(self.batches, None)
             return None if batch is None else {INPUT_NAME: batch}
 
+    if Path(str(fp32_path) + ".data").exists():
+        raise ExportedModelError("INT8 through ONNX Runtime takes single-file models (under 2 GB); this one keeps its "
+                                 "weights in a .data file: use --format openvino (NNCF)")
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # its advice to pre-process (shape inference) is not the user's business
