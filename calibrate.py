@@ -88,6 +88,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.exported = args.onnx or args.openvino
     if bool(args.checkpoint_path) == bool(args.exported):
         parser.error("give one model: --checkpoint_path, or --onnx / --openvino")
+    if args.exported:
+        from models import get_method
+        from models.settings import values_from_args
+
+        given = [name for name, value in values_from_args(args, get_method(args.model).config).items()
+                 if value is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: not taken with --onnx / --openvino, which run the settings the file "
+                         "was exported with")
     if args.rule is None:
         args.rule = "false_alarm" if args.max_false_alarm or args.max_pixel_false_alarm else "f1_max"
     if args.rule == "false_alarm" and not (args.max_false_alarm or args.max_pixel_false_alarm):

@@ -141,3 +141,12 @@ def test_openvino_int8_with_nncf_carries_a_calibration(calibration_dir, tmp_path
     assert decisions is not None and 0 <= decisions["images_flipped"] <= 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibrated.pth", "int8.bin", "int8.xml"]
     assert report["int8"]["calibration_images"]["max_map_diff"] > 0
+    # thresholds measured on the INT8 outputs themselves: a new OpenVINO file, the INT8 one unchanged
+    again = calibrate.main(["--openvino", str(tmp_path / "int8.xml"), "--normal_dir", str(calibration_dir),
+                            "--max_false_alarm", "0.5", "--min_exceedances", "4", "--output",
+                            str(tmp_path / "int8_calibrated.xml")])
+    assert open_exported(tmp_path / "int8.xml").info.calibration == record
+    recalibrated = open_exported(tmp_path / "int8_calibrated.xml")
+    assert recalibrated.info.calibration == again and recalibrated.info.precision == "int8"
+    scores = np.sort(recalibrated(images_of(calibration_dir))[1])
+    assert again["image_threshold"] == pytest.approx(float(scores[8 - 4 - 1]), abs=1e-6)  # m = floor(0.5 * 8)
