@@ -359,6 +359,7 @@ def export_int8(model, output: Path, args) -> dict:
     images = quantize.calibration_images(args.calibration_dir, model.image_size, args.int8_max_images)
     labelled = quantize.eval_set(args.int8_eval_data, model.image_size) if args.int8_eval_data else None
     bounds = {name: getattr(args, f"int8_{name}") for name in quantize.DEFAULT_BOUNDS}
+    output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.fp32.", dir=output.parent) as scratch:
         fp32 = export_model(model, Path(scratch) / f"fp32{FORMAT_SUFFIXES[args.format]}", args.format, "fp32",
                             checkpoint=args.checkpoint_path)
