@@ -338,3 +338,25 @@ def test_calibrate_cli_end_to_end_then_predict(normal_dir, tmp_path):
     flagged = sum(r["decision"] == "defect" for r in rows)
     assert len(rows) == 20 and flagged <= 10  # the calibration set itself: at most m = 10 of 20 flagged
     assert f"{flagged} of 20 image(s) flagged" in result.stdout + result.stderr
+
+
+def test_the_demo_maps_vcp_s_raw_threshold_onto_each_set_s_scale(normal_dir, tmp_path):
+    pytest.importorskip("gradio", reason="the demo page needs gradio (pip install -r requirements-deploy.txt)")
+    import demo
+
+    checkpoint = tmp_path / "vcp.pth"
+    record = calibrate.main([*model_args("vcp"), "--normal_dir", str(normal_dir), "--max_false_alarm", "0.5",
+                             "--max_pixel_false_alarm", "0.02", "--output", str(checkpoint)])
+    runner = demo.load_runner(demo.ModelSpec(method="vcp", checkpoint=str(checkpoint),
+                                             clip_weights=str(VCP_FIXTURE / "clip_tiny.npz"),
+                                             settings=" ".join(FIXTURE_SETTINGS), device="cpu"))
+    assert demo.initial_threshold(runner) == demo.DEFAULT_THRESHOLD  # no maps yet: no scale to map onto
+    paths = cal.list_images(normal_dir)[:3]
+    results, _ = demo.analyse(runner, demo.image_paths(paths))
+    raw_maps, raw_scores = raw_outputs(runner, paths)
+    low, high = float(raw_maps.min()), float(raw_maps.max())
+    assert results[0].pixel_threshold_shown == pytest.approx((record["pixel_threshold"] - low) / (high - low),
+                                                             abs=1e-5)
+    for result, raw in zip(results, raw_scores):  # decided on the raw score, not the normalised one shown
+        if abs(raw - record["image_threshold"]) > 1e-5:
+            assert result.decision == ("defect" if raw > record["image_threshold"] else "pass")
