@@ -68,6 +68,8 @@ class Result:
     score: float
     raw_score: float  # before the set normalisation (equal to score for other methods)
     overlay_png: bytes = field(repr=False, default=b"")
+    decision: str = ""  # with a calibrated model: "pass" or "defect" (calibrate.py's image threshold, raw score)
+    pixel_threshold_shown: float | None = None  # the calibrated pixel threshold on this run's map scale
 
 
 _runners: dict = {}
@@ -142,6 +144,7 @@ def analyse(runner, items: list[tuple[Path, str]], batch_size: int = 8) -> tuple
     import predict
     from reporting import visualization
     from deploy.image_io import read_image_array
+    from deploy.calibration import check_record, image_decision
     from engine.set_normalization import normalize_over_set
 
     images, names, problems = [], [], []
@@ -157,6 +160,7 @@ def analyse(runner, items: list[tuple[Path, str]], batch_size: int = 8) -> tuple
     maps = np.concatenate([m for m, _ in outputs])
     raw_scores = np.concatenate([s for _, s in outputs])
     scores = raw_scores
+    shown = calibrated_threshold(runner.info, maps)  # before the set normalisation: VCP-CLIP's is mapped
     if runner.info.set_normalization:
         maps, scores = normalize_over_set(maps, raw_scores)
         if len(images) < 2:
@@ -167,13 +171,32 @@ def analyse(runner, items: list[tuple[Path, str]], batch_size: int = 8) -> tuple
         display = visualization.to_display(image)
         title = f"{name}: score {score:.3f}"
         png = visualization.render_overlay(display, anomaly_map, title=title)
-        results.append(Result(name, display, anomaly_map, float(score), float(raw), png))
+        decision = image_decision(check_record(runner.info.calibration), float(raw))[0]["decision"]
+        results.append(Result(name, display, anomaly_map, float(score), float(raw), png, decision, shown))
     return results, problems
 
 
+def calibrated_threshold(info, raw_maps=None) -> float | None:
+    """calibrate.py's pixel threshold on the scale the page shows the maps in; None when the model carries none
+    (or, for a set-normalised method such as VCP-CLIP, before there are maps to map it onto)."""
+    from deploy.calibration import check_record, to_normalised_scale
+
+    threshold = (check_record(info.calibration) or {}).get("pixel_threshold")
+    if threshold is None or not info.set_normalization:
+        return threshold
+    return None if raw_maps is None else to_normalised_scale(threshold, float(np.min(raw_maps)),
+                                                             float(np.max(raw_maps)))
+
+
+def initial_threshold(runner) -> float:
+    """Where the page's threshold slider starts: the calibrated pixel threshold, else DEFAULT_THRESHOLD."""
+    shown = calibrated_threshold(runner.info) if runner is not None else None
+    return DEFAULT_THRESHOLD if shown is None else float(shown)
+
+
 def defect_mask(anomaly_map: np.ndarray, threshold: float) -> np.ndarray:
-    """The pixels whose anomaly score reaches the threshold."""
-    return np.asarray(anomaly_map) >= threshold
+    """The pixels whose anomaly score is above the threshold (strictly: calibrate.py's rule)."""
+    return np.asarray(anomaly_map) > threshold
 
 
 def mask_overlay(image: np.ndarray, mask: np.ndarray, opacity: float = 0.5) -> np.ndarray:
@@ -184,10 +207,11 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, opacity: float = 0.5) -> n
 
 
 def score_text(result: Result, set_normalised: bool) -> str:
+    decided = f" — {result.decision} (calibrated threshold)" if result.decision else ""
     if not set_normalised:
-        return f"{result.score:.4f}"
+        return f"{result.score:.4f}{decided}"
     shown = "undefined (one image)" if not np.isfinite(result.score) else f"{result.score:.4f}"
-    return f"{shown} (raw {result.raw_score:.4f}, before the min-max over the images analysed together)"
+    return f"{shown} (raw {result.raw_score:.4f}, before the min-max over the images analysed together){decided}"
 
 
 def score_rows(results: list[Result], threshold: float) -> list[list]:
@@ -220,7 +244,7 @@ def results_zip(results: list[Result], threshold: float) -> bytes:
 
 # ---------------------------------------------------------------- the page
 
-def build_app(defaults: ModelSpec, work_dir: str | None = None):
+def build_app(defaults: ModelSpec, work_dir: str | None = None, threshold: float = DEFAULT_THRESHOLD):
     """The Gradio page; every handler is a thin wrapper over the functions above."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no internet here, and no reason to phone home
     import tempfile
@@ -256,6 +280,8 @@ def build_app(defaults: ModelSpec, work_dir: str | None = None):
         score, mask = selected_view(state, 0, threshold)
         gallery = [(np.asarray(Image.open(io.BytesIO(r.overlay_png)).convert("RGB")), r.name) for r in results]
         status = f"**{runner.info.title}** at {runner.image_size} px — {runner.description}"
+        if results[0].pixel_threshold_shown is not None:
+            status += f"\n\ncalibrated pixel threshold on these maps' scale: {results[0].pixel_threshold_shown:.3f}"
         status += "".join(f"\n\n⚠ {problem}" for problem in problems)
         return (gallery, score, mask, score_rows(results, threshold), write_zip(results, threshold), status, state, 0)
 
@@ -285,7 +311,7 @@ def build_app(defaults: ModelSpec, work_dir: str | None = None):
                     clip_weights = gr.Textbox(defaults.clip_weights, label="CLIP weights")
                     settings = gr.Textbox(defaults.settings, label="model flags", placeholder=FIXTURE_SETTINGS)
                     exported = gr.Textbox(defaults.exported, label="or an exported file (.onnx / .xml)")
-                threshold = gr.Slider(0, 1, value=DEFAULT_THRESHOLD, step=0.01, label="defect threshold",
+                threshold = gr.Slider(0, 1, value=threshold, step=0.001, label="defect threshold",
                                       elem_id="threshold")
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 status = gr.Markdown(elem_id="status")
@@ -369,10 +395,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     check_extras()
     spec = spec_from_args(args)
+    runner = None
     if spec.checkpoint or spec.exported:
         print(f"loading {spec.exported or spec.checkpoint} ...", flush=True)
-        load_runner(spec)  # fail now, in the terminal, rather than on the first click
-    app = build_app(spec)
+        runner = load_runner(spec)  # fail now, in the terminal, rather than on the first click
+    app = build_app(spec, threshold=initial_threshold(runner))  # a calibrated model's pixel threshold
     app.queue().launch(server_name=args.host, server_port=args.port, share=args.share, inbrowser=False,
                        ssr_mode=False, allowed_paths=[str(app.downloads_dir)])
 

@@ -72,6 +72,10 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
 
     fewshot.add_class_flag(model)
     fewshot.add_flags(parser)
+
+    from deploy.quantize import add_int8_flags
+
+    add_int8_flags(parser)  # --int8 --calibration_dir ... (deploy/quantize.py)
     return parser
 
 
@@ -142,7 +146,7 @@ def check_dependencies(fmt: str) -> None:
 
 # ---------------------------------------------------------------- export
 
-def model_info(model, precision: str, checkpoint=None, fmt: str = "onnx", bound=None) -> ModelInfo:
+def model_info(model, precision: str, checkpoint=None, fmt: str = "onnx", bound=None, calibration=None) -> ModelInfo:
     import open_clip
     import torch
 
@@ -152,7 +156,8 @@ def model_info(model, precision: str, checkpoint=None, fmt: str = "onnx", bound=
 
         exporter += f", OpenVINO {openvino.__version__}"
     return ModelInfo.of_model(model, precision, checkpoint, exporter=exporter,
-                              checkpoint_sha256=sha256_of(checkpoint) if checkpoint else "", bound=dict(bound or {}))
+                              checkpoint_sha256=sha256_of(checkpoint) if checkpoint else "", bound=dict(bound or {}),
+                              calibration=dict(calibration or {}))  # calibrate.py's thresholds
 
 
 def sample_images(batch: int, size: int, seed: int = 0):
@@ -274,13 +279,14 @@ def compare(model, runner) -> dict:
     return report
 
 
-def export_model(model, output, fmt: str = "onnx", precision: str = "fp32", checkpoint=None, bound=None) -> dict:
+def export_model(model, output, fmt: str = "onnx", precision: str = "fp32", checkpoint=None, bound=None,
+                 calibration=None) -> dict:
     """Write `model` (an AnomalyModel on the CPU, eval mode) to `output`, check it against PyTorch, return the
     check's figures. Raises ExportedModelError, leaving no file, when an fp32 file is off by more than 1e-4."""
     from deploy.runners import OnnxRunner, OpenVinoRunner
 
     output = Path(output)
-    info = model_info(model, precision, checkpoint, fmt, bound)
+    info = model_info(model, precision, checkpoint, fmt, bound, calibration)
     start = time.time()
     log.info("tracing %s at %d px with a dynamic batch (torch.export)", info.title, info.image_size)
     program = trace(model)
@@ -326,6 +332,9 @@ def main(argv=None) -> dict:
     output = Path(args.output)
     check_outputs(output, args.format, args.overwrite)  # before the long work
     check_dependencies(args.format)
+    from deploy.quantize import check_int8_args
+
+    check_int8_args(args)
 
     from models import create_model
     from models.checkpoint import read_checkpoint
@@ -339,7 +348,31 @@ def main(argv=None) -> dict:
     from models import fewshot
 
     bound = fewshot.bind(model, args, "cpu")  # the class a class-conditioned model names; few-shot references
-    return export_model(model, output, args.format, args.precision, checkpoint=args.checkpoint_path, bound=bound)
+    calibration = dict(checkpoint.get("calibration") or {})  # calibrate.py's thresholds travel with the file
+    if args.int8:
+        return export_int8(model, output, args, bound=bound, calibration=calibration)
+    return export_model(model, output, args.format, args.precision, checkpoint=args.checkpoint_path, bound=bound,
+                        calibration=calibration)
+
+
+def export_int8(model, output: Path, args, bound=None, calibration=None) -> dict:
+    """The fp32 file (checked against PyTorch) in a scratch folder, then its INT8 quantisation, checked against it
+    (deploy/quantize.py); only an INT8 file within the bounds (or --int8_on_violation warn) reaches `output`."""
+    from deploy import quantize
+
+    images = quantize.calibration_images(args.calibration_dir, model.image_size, args.int8_max_images)
+    labelled = quantize.eval_set(args.int8_eval_data, model.image_size) if args.int8_eval_data else None
+    bounds = {name: getattr(args, f"int8_{name}") for name in quantize.DEFAULT_BOUNDS}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.fp32.", dir=output.parent) as scratch:
+        fp32 = export_model(model, Path(scratch) / f"fp32{FORMAT_SUFFIXES[args.format]}", args.format, "fp32",
+                            checkpoint=args.checkpoint_path, bound=bound, calibration=calibration)
+        with staged_files(output, args.format) as staged:
+            report = quantize.quantize_and_check(fp32["output"], staged, args.format, images, bounds=bounds,
+                                                 on_violation=args.int8_on_violation, labelled=labelled)
+    log.info("wrote %s (%s, INT8): largest map difference from the fp32 file %.3g", output, args.format,
+             report["calibration_images"]["max_map_diff"])
+    return {**fp32, "output": str(output), "precision": "int8", "int8": report}
 
 
 def cli():

@@ -53,7 +53,8 @@ from utils import (DatasetError, OutputError, atomic_write_bytes, check_output_f
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 SCORES_FILE = "scores.csv"
-SCORE_COLUMNS = ("path", "image_score", "raw_score", "max_pixel_score", "overlay", "map")
+SCORE_COLUMNS = ("path", "image_score", "raw_score", "max_pixel_score", "overlay", "map", "decision", "threshold",
+                 "pixel_threshold", "mask")  # the last four from a calibrated model (calibrate.py), else empty
 GLOB_CHARACTERS = frozenset("*?[")
 # Per-file failures that mean "this file is not a readable image"; anything else is a bug and propagates.
 UNREADABLE = (DatasetError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -240,7 +241,7 @@ def check_no_overwrite(items: list[InputImage], out_dir: Path) -> None:
     """Refuse an --out that would write an overlay or map over one of the input images."""
     inputs = {item.path.resolve() for item in items}
     for item in items:
-        for suffix in (".png", ".npy"):
+        for suffix in (".png", ".npy", "_mask.png"):
             target = (out_dir / f"{item.name}{suffix}").resolve()
             if target in inputs:
                 raise ValueError(f"--out {out_dir} would overwrite the input {target} with an overlay: "
@@ -319,8 +320,10 @@ def write_scores(path: Path, rows: list[dict]) -> None:
 
 
 def save_outputs(image, anomaly_map, score: float, raw_score: float, item: InputImage,
-                 out_dir: Path, args) -> dict:
-    """Overlay (and map) of one image; returns its scores.csv row."""
+                 out_dir: Path, args, raw_map=None, calibration=None) -> dict:
+    """Overlay (and map) of one image, and with a calibration its decision and defect mask (decided on the raw
+    score and map: before any set normalisation); returns its scores.csv row."""
+    from deploy.calibration import image_decision
     from reporting import visualization
 
     anomaly_map = np.asarray(anomaly_map, dtype=np.float32)
@@ -335,8 +338,15 @@ def save_outputs(image, anomaly_map, score: float, raw_score: float, item: Input
         buffer = io.BytesIO()
         np.save(buffer, anomaly_map.astype(np.float32))
         atomic_write_bytes(out_dir / map_file, buffer.getvalue())
+    decision, mask = image_decision(calibration, raw_score, anomaly_map if raw_map is None else raw_map)
+    decision["mask"] = ""
+    if mask is not None:  # white: defect, at the model's S x S
+        decision["mask"] = f"{item.name}_mask.png"
+        png = io.BytesIO()
+        Image.fromarray(mask.astype(np.uint8) * 255).save(png, format="PNG")
+        atomic_write_bytes(out_dir / decision["mask"], png.getvalue())
     return {"path": str(item.path), "image_score": f"{score:.6f}", "raw_score": f"{raw_score:.6f}",
-            "max_pixel_score": f"{anomaly_map.max():.6f}", "overlay": overlay, "map": map_file}
+            "max_pixel_score": f"{anomaly_map.max():.6f}", "overlay": overlay, "map": map_file, **decision}
 
 
 def check_out(out_dir: Path, overwrite: bool) -> list[Path]:
@@ -416,8 +426,9 @@ def _predict(args, paths: list[Path], items: list[InputImage], unmatched: list[s
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from engine import distributed
-    from engine.set_normalization import normalize_over_set
+    from deploy.calibration import check_record
     from engine.devices import default_batch_size, loader_workers, log_machine
+    from engine.set_normalization import normalize_over_set
     from utils import setup_logger
 
     out_dir = Path(args.out)
@@ -447,6 +458,7 @@ def _predict(args, paths: list[Path], items: list[InputImage], unmatched: list[s
         log_machine(logger, args.precision, device)
     # A method that normalises over the evaluated set (VCP-CLIP) needs every map before drawing any.
     over_set = info.set_normalization
+    calibration = check_record(info.calibration)
     if over_set and len(paths) < 2:
         logger.warning("%s normalises maps and scores over the images of a run; with one image its normalised "
                        "score is undefined (NaN): see raw_score, and --color_scale image for the overlay",
@@ -466,17 +478,18 @@ def _predict(args, paths: list[Path], items: list[InputImage], unmatched: list[s
                     else:
                         for row, index in enumerate(indices):
                             rows.append(save_outputs(images[row], maps[row], float(scores[row]), float(scores[row]),
-                                                     items[index], staging, args))
+                                                     items[index], staging, args, calibration=calibration))
                 progress.update(len(indices) + len(failed))
         progress.close()
     if held:
-        raw_scores = np.concatenate([h[3] for h in held])
-        maps, scores = normalize_over_set(np.concatenate([h[2] for h in held]), raw_scores)
+        raw_scores, raw_maps = np.concatenate([h[3] for h in held]), np.concatenate([h[2] for h in held])
+        maps, scores = normalize_over_set(raw_maps, raw_scores)
         position = 0
         for indices, images, _, _ in held:
             for row, index in enumerate(indices):
                 rows.append(save_outputs(images[row], maps[position], float(scores[position]),
-                                         float(raw_scores[position]), items[index], staging, args))
+                                         float(raw_scores[position]), items[index], staging, args,
+                                         raw_map=raw_maps[position], calibration=calibration))
                 position += 1
 
     if rows:  # the run is complete: its files replace the earlier run's (if any)
@@ -487,11 +500,37 @@ def _predict(args, paths: list[Path], items: list[InputImage], unmatched: list[s
                         "removed", out_dir, removed)
     elif staging is not None:
         shutil.rmtree(staging)
+    if context.is_main and rows:
+        log_decisions(logger, rows, calibration, raw_maps if held else None, raw_scores if held else None)
     if context.is_main:
         logger.info("done: %d image(s) processed, %d unreadable file(s) skipped%s; %s", len(rows), skipped,
                     f", {len(unmatched)} PATH argument(s) matched nothing" if unmatched else "",
                     f"scores in {out_dir / SCORES_FILE}" if rows else "no scores.csv written")
     return distributed.broadcast_count(len(rows), context)
+
+
+def log_decisions(logger, rows: list[dict], calibration, raw_maps=None, raw_scores=None) -> None:
+    """The run's summary: n flagged of N (or why there are no decisions)."""
+    from deploy.calibration import to_normalised_scale
+
+    if not calibration:
+        logger.info("no pass/defect decisions: the model carries no calibration (calibrate.py adds thresholds)")
+        return
+    flagged = sum(row["decision"] == "defect" for row in rows)
+    masks = sum(bool(row["mask"]) for row in rows)
+    logger.info("decisions (rule %s): %s; %s", calibration["rule"],
+                f"{flagged} of {len(rows)} image(s) flagged as defect at image threshold "
+                f"{calibration['image_threshold']:.6g}" if calibration.get("image_threshold") is not None
+                else "no image threshold", f"{masks} defect mask(s) at pixel threshold "
+                f"{calibration['pixel_threshold']:.6g}" if calibration.get("pixel_threshold") is not None
+                else "no pixel threshold")
+    if raw_maps is not None:  # a set-normalised method: where the raw thresholds fall on this run's shown scale
+        shown = [f"{kind} threshold "
+                 f"{to_normalised_scale(calibration[key], float(values.min()), float(values.max())):.4g}"
+                 for kind, key, values in (("image", "image_threshold", raw_scores),
+                                           ("pixel", "pixel_threshold", raw_maps)) if calibration.get(key) is not None]
+        logger.info("thresholds apply to the raw (unnormalised) score and map; on this run's normalised scale: %s",
+                    ", ".join(shown))
 
 
 def cli():

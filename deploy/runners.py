@@ -49,6 +49,7 @@ class ModelInfo:
     exporter: str = ""  # torch, open_clip and opset versions
     format: str = EXPORT_FORMAT
     bound: dict = dataclasses.field(default_factory=dict)  # class name and few-shot references a model was given
+    calibration: dict = dataclasses.field(default_factory=dict)  # calibrate.py's thresholds, {} when none
 
     @classmethod
     def of_model(cls, model, precision: str = "fp32", checkpoint=None, **recorded) -> ModelInfo:
@@ -104,9 +105,9 @@ class Runner:
 class TorchRunner(Runner):
     """A model built by `models.create_model`."""
 
-    def __init__(self, model, device, precision: str = "fp32", source: str = ""):
+    def __init__(self, model, device, precision: str = "fp32", source: str = "", calibration: dict | None = None):
         self.model, self.device, self.precision = model, device, precision
-        self.info = ModelInfo.of_model(model, precision, source)
+        self.info = ModelInfo.of_model(model, precision, source, calibration=calibration or {})
         self.description = f"PyTorch on {device}, precision {precision}" + (f", {source}" if source else "")
 
     def __call__(self, images: np.ndarray) -> InferenceBatch:
@@ -123,20 +124,32 @@ def load_torch_runner(method: str, *, checkpoint, clip_weights: str = "openai", 
                       precision: str = "fp32", bind_args=None, **settings) -> TorchRunner:
     """A checkpoint on its CLIP, as predict.py has always run it. `bind_args` (predict.py's arguments): the class
     name and few-shot references of methods that take them (`models.fewshot.bind`)."""
-    from models import create_model
     from engine.devices import configure_precision, resolve_device
+    from models import create_model
+    from models.checkpoint import read_checkpoint
 
     resolved = resolve_device(device)  # a torch.device passes through as it is
     configure_precision(precision)
-    model = create_model(method, clip_weights=clip_weights, checkpoint=checkpoint, device=resolved, **settings)
+    state = read_checkpoint(checkpoint)  # read once: the model's weights and calibrate.py's thresholds
+    model = create_model(method, clip_weights=clip_weights, checkpoint=state, checkpoint_name=checkpoint,
+                         device=resolved, **settings)
+    calibration = checkpoint_calibration(state)
     bound = {}
     if bind_args is not None:
         from models import fewshot
 
         bound = fewshot.bind(model, bind_args, resolved)
-    runner = TorchRunner(model, resolved, precision, str(checkpoint))
+    runner = TorchRunner(model, resolved, precision, str(checkpoint), calibration=calibration)
     runner.info = dataclasses.replace(runner.info, bound=bound)
     return runner
+
+
+def checkpoint_calibration(checkpoint) -> dict:
+    """The thresholds calibrate.py stored in a checkpoint (a path or the dict read from it; {} when none)."""
+    from models.checkpoint import read_checkpoint
+
+    state = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
+    return dict(state.get("calibration") or {})
 
 
 class OnnxRunner(Runner):
@@ -196,7 +209,7 @@ class OpenVinoRunner(Runner):
                                      "export.py --format openvino, with its .bin beside it") from None
         self.info = ModelInfo.from_metadata(read_openvino_metadata(model), path)
         config = {}
-        if self.info.precision == "fp32":  # CPUs with bf16 units would otherwise run in bf16 by default
+        if self.info.precision in ("fp32", "int8"):  # CPUs with bf16 units would otherwise run in bf16 by default
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

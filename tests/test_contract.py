@@ -15,7 +15,7 @@ from models import create_model, get_method, method_names
 from models.registry import Method, contract_problems, register_method
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("train.py", "test.py", "predict.py", "export.py", "demo.py", "summarize.py")
+SCRIPTS = ("train.py", "test.py", "predict.py", "export.py", "demo.py", "summarize.py", "calibrate.py")
 SHELL_SCRIPTS = ("train.sh", "test.sh", "scripts_common.sh")
 
 
