@@ -48,6 +48,9 @@ class VCPConfig:
               "reference's 11 for ViT-L/14; none given: deep)", kind="shape", type=non_negative_int)
     use_global: bool = setting(True, "switch Pre-VCP's global image context off (the category vectors alone "
                                      "fill the prompt)", flag="--no_global_context")
+    post_vcp: bool = setting(True, "ablation: train and test without Post-VCP (only the Pre-VCP branch's map and "
+                                   "score; the paper's 'Baseline' has no Post-VCP)", kind="recorded",
+                             flag="--no_post_vcp")
     alpha: float = setting(FUSION_ALPHA, "weight of the Pre-VCP map in the fused map", kind="test",
                            type=float, check=_unit_interval)
     sigma: float = setting(SMOOTHING_SIGMA, "sigma of the Gaussian smoothing of the fused map, in pixels (0: none)",

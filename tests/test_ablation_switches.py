@@ -1,0 +1,42 @@
+"""Switches added for the papers' ablation tables: each changes the output, and its default is the paper's model."""
+from __future__ import annotations
+
+import torch
+from conftest import fixture_model, normalized
+
+import train
+from models.vcp.config import VCPConfig
+
+
+def test_vcp_without_post_vcp_uses_the_pre_vcp_branch_alone(vcp_clip, vcp_batch):
+    assert VCPConfig().post_vcp is True  # the paper's model
+    images = vcp_batch["img"][:3]
+    default = fixture_model(vcp_clip, method="vcp")
+    ablated = fixture_model(vcp_clip, method="vcp", post_vcp=False)
+    with torch.no_grad():
+        maps, scores = default.predict(normalized(images))
+        ablated_maps, ablated_scores = ablated.predict(normalized(images))
+        new, raw = default.branch_maps(default.extract_features(normalized(images)))
+    # the default is the fused map of both branches, unchanged
+    torch.testing.assert_close(maps, 0.2 * raw + 0.8 * new)
+    # the ablation: the Pre-VCP map alone, and a different output
+    torch.testing.assert_close(ablated_maps, raw)
+    assert (ablated_maps - maps).abs().max() > 1e-4 and (ablated_scores - scores).abs().max() > 1e-4
+
+
+def test_vcp_without_post_vcp_does_not_train_post_vcp(vcp_clip, vcp_batch):
+    masks, labels = vcp_batch["img_mask"][:2], vcp_batch["anomaly"][:2]
+    for post_vcp in (True, False):
+        model = fixture_model(vcp_clip, method="vcp", post_vcp=post_vcp)
+        features = model.extract_features(normalized(vcp_batch["img"][:2]))
+        losses = model.training_losses(features, masks, labels)
+        expected = losses["loss_base"] + (losses["loss_new"] if post_vcp else 0)
+        torch.testing.assert_close(losses["loss"], expected)
+        losses["loss"].backward()
+        gradients = [p.grad for p in model.post_vcp.parameters() if p.requires_grad]
+        assert any(g is not None and g.abs().sum() > 0 for g in gradients) == post_vcp
+
+
+def test_no_post_vcp_is_a_train_flag_recorded_in_the_checkpoint():
+    parse = lambda *flags: train.build_parser("vcp").parse_args(["--model", "vcp", "--train_data_path", "x", *flags])
+    assert parse().post_vcp is True and parse("--no_post_vcp").post_vcp is False
