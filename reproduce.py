@@ -318,9 +318,11 @@ def seconds_of(job: Job, speed: dict) -> float | None:
 
 def print_plan(jobs: list[Job], speed: dict, source: str, missing: set, out=print) -> dict:
     counts = {state: sum(j.state == state for j in jobs) for state in ("done", "todo", "no data")}
-    total, unknown = 0.0, 0
+    total, unknown, whole = 0.0, 0, 0.0
     for job in jobs:
-        seconds = seconds_of(job, speed) if job.state != "done" else 0.0
+        seconds = seconds_of(job, speed)
+        whole += seconds or 0.0
+        seconds = seconds if job.state != "done" else 0.0
         if seconds is None:
             unknown += 1
         else:
@@ -334,8 +336,9 @@ def print_plan(jobs: list[Job], speed: dict, source: str, missing: set, out=prin
         f"run, {counts['no data']} without data ({', '.join(sorted(missing)) or 'none'}: not run)")
     estimate = f"about {total / 60:.1f} min" + (f" plus {unknown} job(s) without an estimate (no data or no "
                                                  "speed)" if unknown else "")
-    out(f"time estimate for the jobs not done: {estimate}, from {source}")
-    return {"jobs": len(jobs), "train": trains, "test": len(jobs) - trains, "done": counts["done"],
+    out(f"time estimate for the jobs not done: {estimate} (all {len(jobs)} jobs: {whole / 60:.1f} min), from "
+        f"{source}")
+    return {"estimate_all_seconds": whole, "jobs": len(jobs), "train": trains, "test": len(jobs) - trains, "done": counts["done"],
             "todo": counts["todo"], "no_data": counts["no data"], "estimate_seconds": total,
             "without_estimate": unknown}
 
