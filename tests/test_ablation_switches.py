@@ -40,3 +40,29 @@ def test_vcp_without_post_vcp_does_not_train_post_vcp(vcp_clip, vcp_batch):
 def test_no_post_vcp_is_a_train_flag_recorded_in_the_checkpoint():
     parse = lambda *flags: train.build_parser("vcp").parse_args(["--model", "vcp", "--train_data_path", "x", *flags])
     assert parse().post_vcp is True and parse("--no_post_vcp").post_vcp is False
+
+
+def test_vip2_without_fgp_aligns_the_unrefined_text(tiny_clip, fixture_batch):
+    from models.vip2 import utpa
+    from models.vip2.config import ViP2Config
+
+    assert ViP2Config().fgp is True  # the paper's model
+    images = normalized(fixture_batch["img"][:3])
+    default = fixture_model(tiny_clip)
+    ablated = fixture_model(tiny_clip, fgp=False)
+    with torch.no_grad():
+        maps, scores = default.predict(images)
+        ablated_maps, ablated_scores = ablated.predict(images)
+        features = default.extract_features(images)
+        text = default.text_features(features[0])
+        expected = [utpa.align(patches, text)[1] for patches in features[1:]]
+        refined = [utpa.align(patches, default.fgp(text, patches))[1] for patches in features[1:]]
+        with_fgp = default.align(features).probabilities
+        without = ablated.align(ablated.extract_features(images)).probabilities
+    for got, want in zip(with_fgp, refined):  # the default: FGP's refined text, unchanged
+        torch.testing.assert_close(got, want)
+    for got, want in zip(without, expected):
+        torch.testing.assert_close(got, want)
+    assert (ablated_maps - maps).abs().max() > 1e-4 and (ablated_scores - scores).abs().max() > 1e-6
+    parse = lambda *flags: train.build_parser("vip2").parse_args(["--train_data_path", "x", *flags])
+    assert parse().fgp is True and parse("--no_fgp").fgp is False

@@ -41,9 +41,13 @@ PAPER = Paper(
         "kvasir", "endo")}},
     # The paper's ablation numbers (ICA / FGP / UTPA, prompt lengths, top-k, feature layers) are not in its
     # repository and could not be had (shared/PAPER_TABLES.md), nor are the values its rows tried: these are
-    # sweeps around the default, chosen here, with no paper numbers. Module switches (ICA, FGP, UTPA off) are
-    # not in the model, so that table is not declared.
+    # sweeps around the default, chosen here, with no paper numbers. Of the module switches only FGP's exists
+    # (--no_fgp); ICA and UTPA cannot be turned off, so those rows of the module table are not declared.
     ablations={
+        "modules": Ablation(
+            "Sweep: ViP-FGP on / off (MVTec AD; ICA and UTPA have no switch; no paper numbers)", "mvtec", "visa",
+            IMAGE + PIXEL, (AblationRow("ICA + FGP + UTPA (ViP²-CLIP)", {}),
+                            AblationRow("without FGP", {"fgp": False}))),
         "prompt_lengths": Ablation(
             "Sweep: prompt lengths n_ctx, n_cls (MVTec AD; not the paper's rows, no paper numbers)", "mvtec",
             "visa", IMAGE + PIXEL, tuple(
