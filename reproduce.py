@@ -23,6 +23,7 @@ import dataclasses
 import itertools
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -214,7 +215,10 @@ class Planner:
     def __init__(self, args, work: Path):
         self.args, self.work = args, work
         self.code = args.code_version or source_hash()
-        self.clip = clip_fingerprint(args.clip_weights, work / "clip_fingerprints.json")
+        try:
+            self.clip = clip_fingerprint(args.clip_weights, work / "clip_fingerprints.json")
+        except FileNotFoundError as error:
+            raise SystemExit(f"reproduce.py: {error}") from None
         self.jobs: dict[str, Job] = {}
         self.missing: set[str] = set()
         self._data: dict = {}
@@ -402,6 +406,8 @@ def main(argv=None) -> dict:
     if args.dry_run:
         return summary
     start = time.time()
+    # a SIGTERM stops the running jobs too (their folders, without a 'done' record, are redone next time)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     Runner(gpus, args.nproc).run(jobs)
     name = args.table.replace(":", "_")
     out = Path(args.out) if args.out else work / "tables" / name

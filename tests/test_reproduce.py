@@ -166,6 +166,22 @@ def test_runner_records_finished_jobs_and_a_killed_one_starts_clean(tmp_path):
     assert dependent.state == "skipped"
 
 
+def test_jobs_run_side_by_side_one_per_gpu_and_under_torchrun(tmp_path):
+    from engine.jobs import launcher
+
+    body = ("import os, pathlib, time; f = pathlib.Path(r'{folder}'); (f / 'started').write_text(str(time.time()));"
+            "time.sleep(2); (f / 'out.txt').write_text(os.environ.get('CUDA_VISIBLE_DEVICES', ''))")
+    jobs = [_writer_job(tmp_path, name, body.format(folder=tmp_path / name)) for name in ("a", "b", "c")]
+    Runner(["0", "1"], log=lambda message: None).run(jobs)
+    devices = [(job.folder / "out.txt").read_text() for job in jobs]
+    assert devices[:2] == ["0", "1"] and devices[2] in ("0", "1")
+    started = [float((job.folder / "started").read_text()) for job in jobs]
+    # two at once (each sleeps 2 s), the third waits for a free slot
+    assert abs(started[0] - started[1]) < 1.5 and started[2] - min(started[:2]) > 1.9
+    assert launcher(1) == [sys.executable]
+    assert launcher(2)[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
 def test_a_finished_job_is_planned_as_done(tmp_path):
     planner, cells, _ = plan(tmp_path, "--table", "grid", "--methods", "vip2", "--datasets", "mvtec", "--train_on", "mvtec", "--data",
                              f"mvtec={VCP_FIXTURE / 'data'}", "--work", str(tmp_path), "--clip_weights", str(CLIP))
@@ -272,13 +288,21 @@ def test_two_methods_two_datasets_two_seeds_killed_resumed_and_a_grid(tmp_path):
     for figure in ("qualitative.png", "aupro_per_class.png", "seed_spread.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
 
-    # a settings grid of two values: the default value reuses the comparison's jobs, the other trains anew
-    grid = _run(["--table", "grid", "--methods", "vip2", "--datasets", "mvtec", "--train_on", "visa",
-                 "--grid", "topk=20,50", "--seeds", "1", *fixture_args(work)])
-    output, _ = grid.communicate(timeout=600)
+    # a settings grid of two values, through reproduce.sh: the default value reuses the comparison's jobs, the
+    # other trains anew
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable, TABLE="grid", CLIP_WEIGHTS=str(CLIP),
+               WORK=str(work), SEEDS="1", DEVICE="cpu", TRAIN_ARGS=TINY_TRAIN, TEST_ARGS="--num_workers 0",
+               EXTRA_ARGS=f"--methods vip2 --datasets mvtec --train_on visa --grid topk=20,50 "
+                          f"--data mvtec={VCP_FIXTURE / 'data'} visa={FIXTURE / 'data'}")
+    grid = subprocess.run(["bash", str(ROOT / "reproduce.sh")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    output = grid.stdout + grid.stderr
     assert grid.returncode == 0, output[-3000:]
     assert "4 jobs (2 train, 2 test): 2 done, 2 to run" in output
     cells = json.loads((work / "tables" / "grid" / "cells.json").read_text())["cells"]
     assert [c["settings"] for c in cells] == [{"topk": 20}, {"topk": 50}]
     results = [json.loads(Path(c["runs"][0]["test"]["results.json"]).read_text()) for c in cells]
     assert [r["settings"]["topk"] for r in results] == [20, 50]  # each cell's run used its setting
+    refused = subprocess.run(["bash", str(ROOT / "reproduce.sh")], env=dict(env, GPUS="0,1", NPROC="2"),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "not both" in refused.stderr
