@@ -28,6 +28,7 @@ from utils import atomic_write_json
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILE = "job.json"
 CONSOLE_FILE = "console.txt"
+PID_FILE = "pid"
 # What decides a result: the code these paths hold (not the reporting, tests, benchmarks or documentation).
 SOURCE_GLOBS = ("train.py", "test.py", "dataset.py", "metrics.py", "prompt_ensemble.py", "utils.py",
                 "models/**/*.py", "engine/**/*.py", "metric_kernels/**/*.py")
@@ -53,7 +54,8 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 def source_hash(root: Path = ROOT) -> str:
     """sha256 over the paths and contents of the source files that decide a result."""
     digest = hashlib.sha256()
-    files = sorted({p for pattern in SOURCE_GLOBS for p in root.glob(pattern) if "__pycache__" not in p.parts})
+    files = sorted({p for pattern in SOURCE_GLOBS for p in root.glob(pattern)
+                    if "__pycache__" not in p.parts and p.resolve() != Path(__file__).resolve()})  # not this runner
     for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -154,6 +156,10 @@ class Runner:
         self.running: dict = {}  # slot -> (job, process, start, console handle)
 
     def _start(self, job: Job, slot) -> None:
+        alive = still_running(job.folder)
+        if alive:
+            raise RuntimeError(f"{job.folder} is still being written by process {alive} (an earlier reproduce.py "
+                               "killed without its jobs?): wait for it or end it, then run again")
         if job.folder.exists():  # a killed run's leftovers: never mixed with the new run
             shutil.rmtree(job.folder)
         job.folder.mkdir(parents=True)
@@ -164,6 +170,7 @@ class Runner:
             env["CUDA_VISIBLE_DEVICES"] = str(slot)
         console = open(job.folder / CONSOLE_FILE, "w")
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=console, stderr=subprocess.STDOUT)
+        (job.folder / PID_FILE).write_text(str(process.pid))
         job.state = "running"
         where = f" on GPU {slot}" if slot is not None else ""
         self.log(f"started {describe(job)}{where} -> {job.folder}")
@@ -222,6 +229,16 @@ class Runner:
         except BaseException:
             self.stop()
             raise
+
+
+def still_running(folder: Path) -> int | None:
+    """The process a job folder's pid file names, if it is alive and is that job's (its command names the folder)."""
+    try:
+        pid = int((folder / PID_FILE).read_text())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    return pid if str(folder) in command else None
 
 
 def describe(job: Job) -> str:

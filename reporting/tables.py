@@ -77,7 +77,7 @@ def per_class_csv(runs: list[dict]) -> bytes:
     writer = csv.writer(buffer)
     writer.writerow(["seed", "class", *keys, "results"])
     for run in runs:
-        seed = run["train"].material["training"]["seed"]
+        seed = run["train"].material["training"].get("seed")
         for name, values in run["results"]["metrics"].items():
             writer.writerow([seed, name, *("" if values.get(k) is None else values[k] for k in keys),
                              str(run["test"].folder / "results.json")])
@@ -113,7 +113,7 @@ def build_cells(cells: list[dict], columns, seeds_asked: int, out: Path) -> list
             "delta": {c: (None if measured[c]["mean"] is None or spec.paper.get(c) is None
                           else measured[c]["mean"] - spec.paper[c]) for c in columns},
             "per_class_csv": str(csv_path) if found["runs"] else None,
-            "runs": [{"seed": run["train"].material["training"]["seed"], "train": _job_files(run["train"]),
+            "runs": [{"seed": run["train"].material["training"].get("seed"), "train": _job_files(run["train"]),
                       "test": _job_files(run["test"])} for run in cell["runs"]],
         })
     return entries

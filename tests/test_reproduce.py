@@ -166,6 +166,21 @@ def test_runner_records_finished_jobs_and_a_killed_one_starts_clean(tmp_path):
     assert dependent.state == "skipped"
 
 
+def test_a_job_still_written_by_a_live_process_is_not_started_again(tmp_path):
+    job = _writer_job(tmp_path, "a", "pass")
+    job.folder.mkdir()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(job.folder)])
+    try:
+        (job.folder / "pid").write_text(str(orphan.pid))
+        with pytest.raises(RuntimeError, match=f"still being written by process {orphan.pid}"):
+            Runner([], log=lambda message: None).run([job])
+    finally:
+        orphan.kill()
+        orphan.wait()
+    Runner([], log=lambda message: None).run([job])  # once it is gone, the job runs
+    assert job.state == "failed"  # (this one writes no output)
+
+
 def test_jobs_run_side_by_side_one_per_gpu_and_under_torchrun(tmp_path):
     from engine.jobs import launcher
 
