@@ -321,3 +321,18 @@ def test_two_methods_two_datasets_two_seeds_killed_resumed_and_a_grid(tmp_path):
     refused = subprocess.run(["bash", str(ROOT / "reproduce.sh")], env=dict(env, GPUS="0,1", NPROC="2"),
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "not both" in refused.stderr
+
+
+def test_code_version_follows_the_source_that_decides_results(tmp_path):
+    from engine.jobs import source_hash
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "reporting").mkdir()
+    (tmp_path / "train.py").write_text("a = 1\n")
+    (tmp_path / "models" / "m.py").write_text("b = 2\n")
+    (tmp_path / "reporting" / "r.py").write_text("c = 3\n")
+    first = source_hash(tmp_path)
+    (tmp_path / "reporting" / "r.py").write_text("c = 4\n")  # figures and tables decide no result
+    assert source_hash(tmp_path) == first
+    (tmp_path / "models" / "m.py").write_text("b = 5\n")
+    assert source_hash(tmp_path) != first
