@@ -138,7 +138,8 @@ def grid_specs(args) -> tuple[str, tuple, list[CellSpec]]:
                                 tuple(v) if isinstance(v, list) else v) for k, v in raw.items()}
                 label = ", ".join(f"{k}={_show(v)}" for k, v in settings.items()) or "defaults"
                 title = paper.rows[dataset].title if paper and dataset in paper.rows else dataset
-                specs.append(CellSpec(f"{title}: {label}", method, dataset, training, _paper_flags(method, training), settings,
+                specs.append(CellSpec(f"{title}: {label}", method, dataset, training,
+                                      _paper_flags(method, training), settings,
                                       reported if not settings else {}))
     columns = tuple(spec.get("columns") or args.columns or ("image_auroc", "image_ap", "pixel_auroc", "pixel_aupro",
                                                              "pixel_ap", "pixel_f1"))
@@ -291,7 +292,8 @@ class Planner:
                 runs.append({"seed": seed, "train": trained, "test": self.test_job(spec, trained)})
             cells.append({"spec": spec, "runs": runs})
         for job in self.jobs.values():
-            if job.state == "todo" and {job.dataset, (job.depends.dataset if job.depends else job.dataset)} & self.missing:
+            datasets = {job.dataset, job.depends.dataset if job.depends else job.dataset}
+            if job.state == "todo" and datasets & self.missing:
                 job.state = "no data"
         return cells
 
@@ -299,7 +301,8 @@ class Planner:
 # ----------------------------------------------------------------------------------------------- time estimate
 def load_speed(args) -> tuple[dict, str]:
     if args.seconds_per_image is not None:
-        return {"train": {}, "test": {}, "default": args.seconds_per_image, "startup_seconds": 0.0}, "--seconds_per_image"
+        speed = {"train": {}, "test": {}, "default": args.seconds_per_image, "startup_seconds": 0.0}
+        return speed, "--seconds_per_image"
     path = Path(args.speed)
     if not path.is_file():
         return {}, f"no speed file {path}"
@@ -342,7 +345,8 @@ def print_plan(jobs: list[Job], speed: dict, source: str, missing: set, out=prin
                                                  "speed)" if unknown else "")
     out(f"time estimate for the jobs not done: {estimate} (all {len(jobs)} jobs: {whole / 60:.1f} min), from "
         f"{source}")
-    return {"estimate_all_seconds": whole, "jobs": len(jobs), "train": trains, "test": len(jobs) - trains, "done": counts["done"],
+    return {"estimate_all_seconds": whole, "jobs": len(jobs), "train": trains, "test": len(jobs) - trains,
+            "done": counts["done"],
             "todo": counts["todo"], "no_data": counts["no data"], "estimate_seconds": total,
             "without_estimate": unknown}
 
@@ -415,7 +419,8 @@ def main(argv=None) -> dict:
                                      data_roots={n: str(d[0]) for n, d in planner._data.items() if d[0]},
                                      figure_images=args.figure_images)
     failed = sum(j.state in ("failed",) for j in jobs)
-    print(f"table written to {written} ({time.time() - start:.0f} s){'; ' + str(failed) + ' job(s) failed' if failed else ''}")
+    note = f"; {failed} job(s) failed" if failed else ""
+    print(f"table written to {written} ({time.time() - start:.0f} s){note}")
     if failed:
         raise SystemExit(1)
     return summary

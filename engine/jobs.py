@@ -251,4 +251,6 @@ def describe(job: Job) -> str:
 
 def _quote(word: str) -> str:
     word = str(word)
-    return word if word and all(c.isalnum() or c in "-_./=:,+@" for c in word) else "'" + word.replace("'", "'\\''") + "'"
+    if word and all(c.isalnum() or c in "-_./=:,+@" for c in word):
+        return word
+    return "'" + word.replace("'", "'\\''") + "'"

@@ -169,7 +169,9 @@ def test_runner_records_finished_jobs_and_a_killed_one_starts_clean(tmp_path):
 def test_a_job_still_written_by_a_live_process_is_not_started_again(tmp_path):
     job = _writer_job(tmp_path, "a", "pass")
     job.folder.mkdir()
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", str(job.folder)])
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(30)",
+                               str(job.folder)], stdout=subprocess.PIPE, text=True)
+    assert orphan.stdout.readline().strip() == "ready"  # running its own command line, not the fork's
     try:
         (job.folder / "pid").write_text(str(orphan.pid))
         with pytest.raises(RuntimeError, match=f"still being written by process {orphan.pid}"):
@@ -198,16 +200,16 @@ def test_jobs_run_side_by_side_one_per_gpu_and_under_torchrun(tmp_path):
 
 
 def test_a_finished_job_is_planned_as_done(tmp_path):
-    planner, cells, _ = plan(tmp_path, "--table", "grid", "--methods", "vip2", "--datasets", "mvtec", "--train_on", "mvtec", "--data",
-                             f"mvtec={VCP_FIXTURE / 'data'}", "--work", str(tmp_path), "--clip_weights", str(CLIP))
+    argv = ["--table", "grid", "--methods", "vip2", "--datasets", "mvtec", "--train_on", "mvtec", "--data",
+            f"mvtec={VCP_FIXTURE / 'data'}", "--work", str(tmp_path), "--clip_weights", str(CLIP)]
+    planner, cells, _ = plan(tmp_path, *argv)
     train = cells[0]["runs"][0]["train"]
     assert train.state == "todo"
     train.folder.mkdir(parents=True)
     for name in train.outputs:
         (train.folder / name).write_text("x")
     (train.folder / JOB_FILE).write_text(json.dumps({"status": "done", "key": train.key}))
-    again, cells, _ = plan(tmp_path, "--table", "grid", "--methods", "vip2", "--datasets", "mvtec", "--train_on", "mvtec", "--data",
-                           f"mvtec={VCP_FIXTURE / 'data'}", "--work", str(tmp_path), "--clip_weights", str(CLIP))
+    again, cells, _ = plan(tmp_path, *argv)
     assert cells[0]["runs"][0]["train"].state == "done" and cells[0]["runs"][0]["test"].state == "todo"
 
 
