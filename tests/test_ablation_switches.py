@@ -66,3 +66,31 @@ def test_vip2_without_fgp_aligns_the_unrefined_text(tiny_clip, fixture_batch):
     assert (ablated_maps - maps).abs().max() > 1e-4 and (ablated_scores - scores).abs().max() > 1e-6
     parse = lambda *flags: train.build_parser("vip2").parse_args(["--train_data_path", "x", *flags])
     assert parse().fgp is True and parse("--no_fgp").fgp is False
+
+
+def test_vcp_template_and_state_words_change_the_text_and_are_recorded(vcp_clip, vcp_batch, tmp_path):
+    from models import resolve_config
+    from models.checkpoint import read_checkpoint, save_checkpoint
+    from prompt_ensemble import VCP_TEMPLATES
+
+    assert VCPConfig().templates == VCP_TEMPLATES  # the paper's (and the reference's) prompt by default
+    images = normalized(vcp_batch["img"][:2])
+    default = fixture_model(vcp_clip, method="vcp")
+    explicit = fixture_model(vcp_clip, method="vcp", template="a photo of a {state}", state_words=("good", "damaged"))
+    words = fixture_model(vcp_clip, method="vcp", state_words=("perfect", "flawed"))
+    template = fixture_model(vcp_clip, method="vcp", template="this is a {state} photo of")
+    with torch.no_grad():
+        outputs = [model.predict(images)[0] for model in (default, explicit, words, template)]
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=0)
+    assert (outputs[2] - outputs[0]).abs().max() > 1e-4 and (outputs[3] - outputs[0]).abs().max() > 1e-4
+    save_checkpoint(tmp_path / "epoch_1.pth", words, epoch=1)
+    recorded = resolve_config("vcp", read_checkpoint(tmp_path / "epoch_1.pth"), "epoch_1.pth")
+    assert recorded.state_words == ("perfect", "flawed") and recorded.template == "a photo of a {state}"
+    parse = lambda *flags: train.build_parser("vcp").parse_args(["--model", "vcp", "--train_data_path", "x", *flags])
+    assert parse("--state_words", "normal", "abnormal").state_words == ["normal", "abnormal"]
+    import pytest
+
+    with pytest.raises(ValueError, match="--state_words needs a normal and an abnormal word"):
+        VCPConfig(state_words=("good",))
+    with pytest.raises(ValueError, match="--template must hold"):
+        VCPConfig(template="a photo of a")

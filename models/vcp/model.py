@@ -92,7 +92,7 @@ class VCPCLIP(AnomalyModel):
         self.post_vcp = TextPatchAttention(embed, width, POST_VCP_HEADS)
         self.text_prompts = DeepTextPrompts(backbone.text_width, embed, config.deep_prompt_len,
                                             config.total_d_layer_len)
-        self.text_encoder = UnifiedTextEncoder(backbone, config.prompt_len, self.text_prompts)
+        self.text_encoder = UnifiedTextEncoder(backbone, config.prompt_len, self.text_prompts, config.templates)
 
     def configure_training(self, training) -> None:
         """The deep-text-prompt dropout (`--dtp_dropout`), active in training mode only."""

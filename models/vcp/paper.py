@@ -55,8 +55,25 @@ PAPER = Paper(
                                         ((18,), (91.2, 84.4, 44.5)), ((24,), (90.1, 80.2, 38.2)),
                                         ((6, 12), (91.1, 85.9, 46.2)), ((6, 12, 18), (91.8, 87.1, 49.2)),
                                         ((6, 12, 18, 24), (92.0, 87.3, 49.4))))),
-        # Not declared: the templates / state words table (needs a prompt-template switch the model lacks),
-        # the input-resolution table (its resolutions were lost; only the 518 px row is known) and the
-        # backbone table (other CLIP weights, not a setting).
+        "prompts": Ablation(
+            "Ablation: template and state words (MVTec AD)", "mvtec", "visa", PIXEL, tuple(
+                AblationRow(f"{shown}: {normal} / {abnormal}",
+                            {k: v for k, v in (("template", template), ("state_words", (normal, abnormal)))
+                             if v != {"template": "a photo of a {state}", "state_words": ("good", "damaged")}[k]},
+                            dict(zip(PIXEL, numbers)))
+                for shown, template, rows in (
+                    ("this is a [state] photo of []", "this is a {state} photo of", (
+                        ("perfect", "flawed", (91.9, 87.3, 48.5)), ("normal", "abnormal", (90.1, 86.1, 48.7)),
+                        ("flawless", "imperfect", (91.3, 87.0, 49.0)), ("pristine", "broken", (91.2, 86.5, 48.8)),
+                        ("good", "damaged", (91.5, 86.9, 49.1)))),
+                    ("a photo of a [state] []", "a photo of a {state}", (
+                        ("perfect", "flawed", (91.8, 87.2, 48.8)), ("normal", "abnormal", (91.7, 86.6, 48.7)),
+                        ("flawless", "imperfect", (92.1, 87.2, 49.2)), ("pristine", "broken", (92.0, 87.1, 49.3)),
+                        ("good", "damaged", (92.0, 87.3, 49.4)))))
+                for normal, abnormal, numbers in rows),
+            note="--template and --state_words (switches added for this table). The appendix's five prompts "
+                 "(the class slot inside the sentence) are not declared: the slot here is always at the end."),
+        # Not declared: the input-resolution table (its resolutions were lost; only the 518 px row is known)
+        # and the backbone table (other CLIP weights, not a setting).
     },
 )
