@@ -338,3 +338,58 @@ def test_code_version_follows_the_source_that_decides_results(tmp_path):
     assert source_hash(tmp_path) == first
     (tmp_path / "models" / "m.py").write_text("b = 5\n")
     assert source_hash(tmp_path) != first
+
+
+def _finished_job(folder: Path, kind: str, material: dict, files: dict, depends=None) -> Job:
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        if name.endswith(".npz"):
+            np.savez(folder / name, **content)
+        else:
+            (folder / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    job = Job(kind, "vip2", "mvtec", material, [f"{kind}.py"], folder, tuple(files), depends=depends)
+    (folder / JOB_FILE).write_text(json.dumps({"status": "done", "key": job.key, "command": [f"{kind}.py"]}))
+    job.state = "done"
+    return job
+
+
+def test_write_table_from_run_folders_marks_missing_seeds_and_traces_cells(tmp_path):
+    import numpy as np
+
+    maps = {"anomaly_maps": np.random.default_rng(0).random((2, 8, 8), dtype=np.float32),
+            "gt_masks": np.zeros((2, 8, 8), np.uint8), "labels": np.array([1, 0]),
+            "img_paths": np.array(["a.png", "b.png"])}
+    runs = []
+    for seed, auroc in ((1, 0.80), (2, 0.90), (3, None)):
+        trained = _finished_job(tmp_path / f"train{seed}", "train", {"training": {"seed": seed}},
+                                {"epoch_1.pth": "x", "train_stats.json": {}})
+        if auroc is None:  # this seed's test never finished
+            tested = Job("test", "vip2", "mvtec", {"s": seed}, ["test.py"], tmp_path / "missing", ("results.json",),
+                         depends=trained)
+        else:
+            metrics = {"c1": {"pixel_auroc": auroc - 0.05, "pixel_aupro": 0.5}, "c2": {"pixel_auroc": auroc + 0.05,
+                                                                                     "pixel_aupro": 0.7},
+                       "mean": {"pixel_auroc": auroc, "pixel_aupro": 0.6}}
+            tested = _finished_job(tmp_path / f"test{seed}", "test", {"s": seed},
+                                   {"results.json": {"metrics": metrics}, "maps.npz": maps}, depends=trained)
+        runs.append({"seed": seed, "train": trained, "test": tested})
+    spec = reproduce.CellSpec("MVTec AD", "vip2", "mvtec", "visa", (), {}, {"pixel_auroc": 90.5})
+    out = tmp_path / "table"
+    tables.write_table(out, "vip2:industrial", "Table 1", ("pixel_auroc", "pixel_aupro"),
+                       [{"spec": spec, "runs": runs}], 3, data_roots={})
+    cell = json.loads((out / "cells.json").read_text())["cells"][0]
+    assert cell["seeds_done"] == 2 and cell["measured"]["pixel_auroc"]["values"] == pytest.approx([80.0, 90.0])
+    assert cell["measured"]["pixel_auroc"]["mean"] == pytest.approx(85.0)
+    assert cell["delta"]["pixel_auroc"] == pytest.approx(85.0 - 90.5)
+    assert [run["test"]["state"] for run in cell["runs"]] == ["done", "done", "todo"]
+    assert cell["runs"][0]["test"]["results.json"] == str(tmp_path / "test1" / "results.json")
+    assert cell["runs"][0]["train"]["checkpoint"] == str(tmp_path / "train1" / "epoch_1.pth")
+    table = (out / "table.md").read_text()
+    assert "| MVTec AD | ViP²-CLIP | this run | 2/3 | 85.0 ± 7.1 ‡ | 60.0 ± 0.0 ‡ |" in table
+    assert "| | | difference | | -5.5 | – |" in table
+    rows = Path(cell["per_class_csv"]).read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3 and rows[1].startswith("1,c1,0.75")
+    for figure in ("qualitative.png", "aupro_per_class.png", "seed_spread.png"):
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
