@@ -249,6 +249,8 @@ class Planner:
                     "settings": values_from_args(parsed, info.config),
                     "training": values_from_args(parsed, info.training), "precision": self.args.precision,
                     "clip": self.clip, "code": self.code}
+        if self.args.nproc > 1:  # DDP draws dropout and augmentation per process: another result
+            material["processes"] = self.args.nproc
         folder = job_folder(self.work, "train", spec.method, spec.training, material)
         epochs = material["training"]["epoch"]
         argv = ["train.py", "--model", spec.method, "--dataset", spec.training, "--train_data_path", str(root),

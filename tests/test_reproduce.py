@@ -121,7 +121,8 @@ def test_keys_follow_what_determines_the_result(tmp_path):
     other_clip.write_bytes(CLIP.read_bytes() + b"\0")
     different = [_train_key(tmp_path, "--grid", "topk=10")[0], _train_key(tmp_path, "--seeds", "1")[0],
                  _train_key(tmp_path, clip=other_clip)[0], _train_key(tmp_path, code="another")[0],
-                 _train_key(tmp_path, "--precision", "bf16")[0], _train_key(tmp_path, "--train_on", "mvtec")[0]]
+                 _train_key(tmp_path, "--precision", "bf16")[0], _train_key(tmp_path, "--train_on", "mvtec")[0],
+                 _train_key(tmp_path, "--nproc", "2")[0]]
     keys = [base.key] + [job.key for job in different]
     assert len(set(keys)) == len(keys)
     assert len({job.folder for job in different} | {base.folder}) == len(keys)  # never the same folder
