@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import itertools
 import json
 import shlex
@@ -28,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import test as test_script
 import train as train_script
 from engine.jobs import Job, Runner, clip_fingerprint, file_sha256, job_folder, source_hash
 from models import get_method, method_names
@@ -37,6 +37,18 @@ from models.settings import flag_name, values_from_args
 from reporting import tables as tables_out
 
 GRID = "grid"
+
+
+def _load_script(name: str):
+    """A script of this folder by its path: `import test` may find the standard library's package instead."""
+    spec = importlib.util.spec_from_file_location(f"zsas_{name}_script", Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+test_script = _load_script("test")
 DEFAULT_SPEED = Path(__file__).resolve().parent / "benchmarks" / "results" / "reproduce_speed.json"
 
 
