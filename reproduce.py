@@ -94,7 +94,8 @@ def comparison_specs(owner: str, key: str, methods, datasets) -> tuple[str, tupl
     names = [n for n in names if not datasets or n in datasets]
     specs = []
     for name in names:
-        training = paper.evaluation[name]
+        # the paper's protocol; a dataset it gives no checkpoint for is tested by its first training set's
+        training = paper.evaluation.get(name) or (paper.training[0][0] if paper.training else name)
         for method in methods:
             own = get_method(method).paper_tables()
             reported = own.rows[name].values if own and name in own.rows else {}
