@@ -240,6 +240,7 @@ class Planner:
     def data(self, name: str):
         if name not in self._data:
             root = data_path(name, self.args)
+            root = root.resolve() if root else None  # jobs run from the repository's folder
             meta = meta_of(root, name) if root else None
             self._data[name] = (root, meta, file_sha256(meta) if meta else None, test_images(meta))
             if meta is None:
@@ -414,7 +415,9 @@ def main(argv=None) -> dict:
     heading, columns, specs = resolve_table(args)
     if not specs:
         raise SystemExit(f"reproduce.py: --table {args.table} has no cell with these --methods/--datasets")
-    work = Path(args.work)
+    work = Path(args.work).resolve()
+    if args.clip_weights != "openai" and Path(args.clip_weights).exists():
+        args.clip_weights = str(Path(args.clip_weights).resolve())
     planner = Planner(args, work)
     seeds = args.seeds or [None]
     cells = planner.plan(specs, seeds)
