@@ -69,7 +69,7 @@ def qualitative(path: Path, entries: list[dict], data_roots: dict, rows: int) ->
     high = high if high > low else low + 1e-6
     size = first["anomaly_maps"].shape[-1]
     columns = 2 + len(loaded)
-    figure = Figure(figsize=(1.8 * columns + 0.8, 1.8 * len(picks) + 0.6))
+    figure = Figure(figsize=(1.8 * columns + 1.6, 1.8 * len(picks) + 0.6))
     grid = figure.subplots(len(picks), columns, squeeze=False)
     root = data_roots.get(dataset)
     for r, img_path in enumerate(picks):
@@ -93,7 +93,7 @@ def qualitative(path: Path, entries: list[dict], data_roots: dict, rows: int) ->
                 axis.set_title(title, fontsize=7)
         grid[r][0].set_ylabel(Path(img_path).name, fontsize=6)
     figure.colorbar(ScalarMappable(Normalize(low, high), COLORMAP), ax=list(grid.ravel()), fraction=0.02,
-                    label="anomaly map (one scale for every map)")
+                    label="anomaly map, one scale")
     figure.suptitle(f"{dataset}: test images, ground truth and each cell's map", fontsize=8)
     return _save(figure, path)
 
