@@ -119,6 +119,30 @@ def build_cells(cells: list[dict], columns, seeds_asked: int, out: Path) -> list
     return entries
 
 
+def averages(entries: list[dict], columns) -> list[dict]:
+    """Per method whose default-settings cells span several datasets (a comparison table): the mean over those
+    datasets of the measured means, and of the paper's values over the datasets where both exist."""
+    rows = []
+    for method in dict.fromkeys(e.get("method") for e in entries):
+        members = [e for e in entries if e.get("method") == method and not e.get("settings")]
+        if len({e.get("dataset") for e in members}) < 2:
+            continue
+        measured, paper = {}, {}
+        for c in columns:
+            values = [e["measured"][c]["mean"] for e in members if e["measured"][c]["mean"] is not None]
+            measured[c] = sum(values) / len(values) if values else None
+            pairs = [e["paper"][c] for e in members if e["measured"][c]["mean"] is not None and c in e["paper"]]
+            both = [e["measured"][c]["mean"] for e in members if e["measured"][c]["mean"] is not None
+                    and c in e["paper"]]
+            paper[c] = sum(pairs) / len(pairs) if pairs else None
+            measured[c + ":paired"] = sum(both) / len(both) if both else None
+        rows.append({"method": method, "method_title": members[0]["method_title"], "datasets": len(members),
+                     "measured": {c: measured[c] for c in columns}, "paper": paper,
+                     "delta": {c: None if measured[c + ":paired"] is None or paper[c] is None
+                               else measured[c + ":paired"] - paper[c] for c in columns}})
+    return rows
+
+
 def markdown(table: str, heading: str, columns, entries: list[dict]) -> str:
     lines = [f"# {table}", "", heading, "",
              "Values in percent: the mean over classes, mean ± sample std over the seeds that finished; "
@@ -136,6 +160,13 @@ def markdown(table: str, heading: str, columns, entries: list[dict]) -> str:
                 MISSING if e["paper"].get(c) is None else f"{e['paper'][c]:.1f}" for c in columns) + " |")
             lines.append("| | | difference | | " + " | ".join(
                 _difference(m[c]["mean"], e["paper"].get(c)) for c in columns) + " |")
+    for row in averages(entries, columns):
+        lines.append(f"| **average** ({row['datasets']} datasets) | {row['method_title']} | this run | | "
+                     + " | ".join(format_value(row["measured"][c], None) for c in columns) + " |")
+        lines.append("| | | paper (same datasets) | | " + " | ".join(
+            MISSING if row["paper"][c] is None else f"{row['paper'][c]:.1f}" for c in columns) + " |")
+        lines.append("| | | difference | | " + " | ".join(
+            MISSING if row["delta"][c] is None else f"{round(row['delta'][c], 1) + 0.0:+.1f}" for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -178,5 +209,5 @@ def write_table(out: Path, table: str, heading: str, columns, cells: list[dict],
 
         written = table_figures.write_all(out, entries, columns, data_roots or {}, figure_images)
     atomic_write_json({"table": table, "heading": heading, "columns": list(columns), "figures": written,
-                       "cells": entries}, out / "cells.json")
+                       "cells": entries, "averages": averages(entries, columns)}, out / "cells.json")
     return out / "table.md"

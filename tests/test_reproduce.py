@@ -394,3 +394,18 @@ def test_write_table_from_run_folders_marks_missing_seeds_and_traces_cells(tmp_p
     assert len(rows) == 1 + 2 * 3 and rows[1].startswith("1,c1,0.75")
     for figure in ("qualitative.png", "aupro_per_class.png", "seed_spread.png"):
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_comparison_table_averages_each_method_over_its_datasets():
+    def entry(dataset, measured, paper, settings=None):
+        return {"method": "vip2", "method_title": "ViP²-CLIP", "dataset": dataset, "settings": settings or {},
+                "measured": {"pixel_auroc": {"mean": measured}}, "paper": paper}
+
+    entries = [entry("mvtec", 80.0, {"pixel_auroc": 90.0}), entry("visa", 90.0, {"pixel_auroc": 96.0}),
+               entry("mpdd", 70.0, {}), entry("btad", None, {"pixel_auroc": 50.0}),
+               entry("mvtec", 10.0, {}, {"topk": 10})]  # a settings row is no part of the average
+    (row,) = tables.averages(entries, ("pixel_auroc",))
+    assert row["measured"]["pixel_auroc"] == pytest.approx(80.0)  # 80, 90, 70
+    assert row["paper"]["pixel_auroc"] == pytest.approx(93.0)  # only where measured: mvtec, visa
+    assert row["delta"]["pixel_auroc"] == pytest.approx(85.0 - 93.0)  # over those same two datasets
+    assert tables.averages(entries[:1], ("pixel_auroc",)) == []
