@@ -24,12 +24,34 @@ def row(title, table, columns, numbers, aliases=()) -> PaperRow:
 
 
 @dataclass(frozen=True)
+class AblationRow:
+    """One row of an ablation table: the settings that differ from the method's defaults, and the paper's numbers."""
+
+    label: str
+    settings: dict  # setting name (models/*/config.py) -> value; {} is the paper's model
+    values: dict = field(default_factory=dict)  # metric key -> percent; {} where the paper's number is unavailable
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """An ablation table as a settings grid: every row trained on `training`, evaluated on `dataset`."""
+
+    heading: str
+    dataset: str  # registry name of the evaluated dataset
+    training: str  # the auxiliary dataset the rows train on
+    columns: tuple  # metric keys
+    rows: tuple  # AblationRow, in the paper's order
+    note: str = ""  # what the paper's table has that these rows cannot express, or where its numbers come from
+
+
+@dataclass(frozen=True)
 class Paper:
     title: str
     rows: dict  # registry name -> PaperRow, in the paper's row order
     tables: dict  # table key -> (heading, metric columns)
     training: tuple  # (auxiliary dataset, extra train.py flags) in train.sh's order
     evaluation: dict = field(default_factory=dict)  # dataset -> the auxiliary dataset its checkpoint was trained on
+    ablations: dict = field(default_factory=dict)  # table key -> Ablation (reproduce.py runs them)
 
 
 def main(argv=None) -> int:

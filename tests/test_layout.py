@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "metric_kernels", "generate_dataset_json", "engine", "deploy", "reporting")
-SCRIPTS = {"train", "test", "predict", "export", "demo", "summarize", "calibrate"}
+SCRIPTS = {"train", "test", "predict", "export", "demo", "summarize", "calibrate", "reproduce"}
 ROOT_MODULES = {"dataset", "metrics", "prompt_ensemble", "utils"}  # the modules the design names at the top level
 MAX_LINES = 500
 

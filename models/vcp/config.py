@@ -21,6 +21,14 @@ def _probability_or_off(value: float) -> str | None:
     return None if value < 0 or value <= 1.0 else f"must be a probability in [0, 1] (or negative: never), got {value}"
 
 
+def _has_state(value: str) -> str | None:
+    return None if value.count("{state}") == 1 else f"must hold {{state}} once, got {value!r}"
+
+
+def _two_words(value) -> str | None:
+    return None if len(value) == 2 and all(value) else f"needs a normal and an abnormal word, got {list(value)}"
+
+
 def _dropout(value: float) -> str | None:
     return None if 0.0 <= value < 1.0 else f"must lie in [0, 1), got {value}"
 
@@ -48,6 +56,14 @@ class VCPConfig:
               "reference's 11 for ViT-L/14; none given: deep)", kind="shape", type=non_negative_int)
     use_global: bool = setting(True, "switch Pre-VCP's global image context off (the category vectors alone "
                                      "fill the prompt)", flag="--no_global_context")
+    template: str = setting(
+        "a photo of a {state}", "ablation: the unified text prompt's template, {state} replaced by a state word; the "
+        "category slot follows its last word", kind="recorded", check=_has_state)
+    state_words: tuple[str, ...] = setting(("good", "damaged"), "ablation: the normal and the abnormal state word",
+                                           kind="recorded", nargs="+", metavar="WORD", check=_two_words)
+    post_vcp: bool = setting(True, "ablation: train and test without Post-VCP (only the Pre-VCP branch's map and "
+                                   "score; the paper's 'Baseline' has no Post-VCP)", kind="recorded",
+                             flag="--no_post_vcp")
     alpha: float = setting(FUSION_ALPHA, "weight of the Pre-VCP map in the fused map", kind="test",
                            type=float, check=_unit_interval)
     sigma: float = setting(SMOOTHING_SIGMA, "sigma of the Gaussian smoothing of the fused map, in pixels (0: none)",
@@ -57,12 +73,18 @@ class VCPConfig:
 
     def __post_init__(self):
         self.features_list = tuple(int(x) for x in self.features_list)
+        self.state_words = tuple(self.state_words)
         problems = setting_problems(self)
         if len(set(self.features_list)) != len(self.features_list):
             problems.append(f"--features_list {list(self.features_list)} repeats a layer (the reference would "
                             "silently drop the repeat and misalign its linear heads)")
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def templates(self) -> tuple[str, str]:
+        """The normal and the abnormal prompt before the category slot (the default: the reference's)."""
+        return tuple(self.template.format(state=word) for word in self.state_words)
 
     @property
     def layers(self) -> tuple[int, ...]:

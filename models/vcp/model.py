@@ -92,7 +92,7 @@ class VCPCLIP(AnomalyModel):
         self.post_vcp = TextPatchAttention(embed, width)
         self.text_prompts = DeepTextPrompts(backbone.text_width, embed, config.deep_prompt_len,
                                             config.total_d_layer_len)
-        self.text_encoder = UnifiedTextEncoder(backbone, config.prompt_len, self.text_prompts)
+        self.text_encoder = UnifiedTextEncoder(backbone, config.prompt_len, self.text_prompts, config.templates)
 
     def configure_training(self, training) -> None:
         """The deep-text-prompt dropout (`--dtp_dropout`), active in training mode only."""
@@ -146,9 +146,11 @@ class VCPCLIP(AnomalyModel):
         """The fused map `alpha * M_raw + (1 - alpha) * M_new` and the image score before normalisation:
         the mean of each branch map's `score_topk` highest pixels, summed."""
         new, raw = self.branch_maps(self.extract_features(images))
+        k = self.config.score_topk
+        if not self.config.post_vcp:  # ablation (--no_post_vcp): the Pre-VCP branch alone
+            return raw, raw.flatten(1).topk(k, dim=1).values.mean(dim=1)
         alpha = self.config.alpha
         fused = alpha * raw + (1 - alpha) * new
-        k = self.config.score_topk
         score = raw.flatten(1).topk(k, dim=1).values.mean(dim=1) + new.flatten(1).topk(k, dim=1).values.mean(dim=1)
         return fused, score
 
@@ -171,6 +173,8 @@ class VCPCLIP(AnomalyModel):
                 total = total + focal_loss(maps, target)
                 total = total + dice_loss(maps[:, 1], target)
             branch_losses[name] = total
+        if not self.config.post_vcp:  # ablation (--no_post_vcp): Post-VCP gets no loss, so it never trains
+            return {"loss": branch_losses["loss_base"], **branch_losses}
         return {"loss": branch_losses["loss_new"] + branch_losses["loss_base"], **branch_losses}
 
     def trainable_modules(self) -> list[nn.Module]:

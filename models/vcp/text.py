@@ -44,15 +44,15 @@ class DeepTextPrompts(nn.Module):
 class UnifiedTextEncoder(nn.Module):
     """Normal and abnormal text embeddings per image, `[N, 2, E]`, from its category vectors `[N, r, D]`."""
 
-    def __init__(self, backbone, prompt_len: int, prompts: DeepTextPrompts):
+    def __init__(self, backbone, prompt_len: int, prompts: DeepTextPrompts, templates=VCP_TEMPLATES):
         super().__init__()
         self.backbone = backbone
         self.prompt_len = prompt_len
         self.prompts = prompts
-        token_ids = tokenize(list(VCP_TEMPLATES))
+        token_ids = tokenize(list(templates))
         slot = int(token_ids[0].argmax())  # open_clip's tokenizer has no <|class|>: the slot is where EOT lands
         if int(token_ids[1].argmax()) != slot:
-            raise ValueError("the two VCP-CLIP templates must tokenize to the same length")
+            raise ValueError(f"the two VCP-CLIP templates must tokenize to the same length: {list(templates)}")
         if slot + prompt_len + 1 > CONTEXT_LENGTH:
             raise ValueError(f"--prompt_len {prompt_len} does not fit CLIP's {CONTEXT_LENGTH}-token context")
         self.slot = slot

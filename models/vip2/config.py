@@ -28,6 +28,8 @@ class ViP2Config:
                               type=positive_int, check=at_least(1))
     fix_quirks: bool = setting(False, "use the paper's evident intent instead of the reference's quirks "
                                       "(docs/QUIRKS.md; recorded in the checkpoint)", kind="recorded")
+    fgp: bool = setting(True, "ablation: train and test without ViP-FGP (UTPA aligns the patches with the prompts' "
+                              "text embeddings as they are)", kind="recorded", flag="--no_fgp")
     feature_map_layer: tuple[int, ...] | None = setting(
         None, "indices into --features_list averaged into the test-time anomaly map (none given: all)",
         type=non_negative_int, nargs="+")

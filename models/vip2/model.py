@@ -74,7 +74,8 @@ class ViP2CLIP(AnomalyModel):
         text = self.text_features(global_feature)
         similarities, probabilities = [], []
         for patches in patch_features:
-            similarity, probability = utpa.align(patches, self.fgp(text, patches))
+            # ablation (--no_fgp): the text embeddings unrefined by the patches (FGP then gets no gradient)
+            similarity, probability = utpa.align(patches, self.fgp(text, patches) if self.config.fgp else text)
             similarities.append(similarity)
             probabilities.append(probability)
         logits = utpa.image_logits(similarities, probabilities, self.config.topk)
