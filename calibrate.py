@@ -20,7 +20,6 @@ the thresholds, the rule, what was measured, the calibration set's size and sha2
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
