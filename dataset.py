@@ -278,6 +278,12 @@ def read_mask(path: Path, image_size: tuple[int, int], image_path: Path, thresho
     return anomalous_pixels(mask, threshold)
 
 
+def load_mask(path: Path, size: int, image_size: tuple[int, int], image_path: Path,
+              threshold: float = 0) -> torch.Tensor:
+    """A mask file at the model's size, `[S, S]` uint8 in {0, 1} (what calibrate.py compares pixel scores with)."""
+    return resize_mask(read_mask(path, image_size, image_path, threshold), size)
+
+
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 NAMED_IN_WARNINGS = 3
 

@@ -63,10 +63,12 @@ def test_every_declared_table_is_listed_and_a_new_method_joins_comparisons(tmp_p
         paper = get_method(method).paper_tables()
         assert {f"{method}:{key}" for key in (*paper.tables, *paper.ablations)} <= set(names)
     vcp = get_method("vcp")
-    monkeypatch.setitem(registry._METHODS, "zz_new", dataclasses.replace(vcp, name="zz_new", title="New", paper=""))
+    # every registered method has its paper (the registry refuses one without): the newcomer brings VCP-CLIP's
+    monkeypatch.setitem(registry._METHODS, "zz_new", dataclasses.replace(vcp, name="zz_new", title="New"))
     _, _, specs = reproduce.comparison_specs("vip2", "industrial", list(method_names()), ["mvtec"])
     assert [s.method for s in specs] == list(method_names()) and "zz_new" in [s.method for s in specs]
-    assert next(s for s in specs if s.method == "zz_new").paper == {}  # no paper: no paper values
+    by_method = {s.method: s for s in specs}
+    assert by_method["zz_new"].paper == by_method["vcp"].paper  # its own paper's values, not another method's
 
 
 def test_ablation_rows_become_the_flags_that_set_them(tmp_path):
