@@ -28,6 +28,9 @@ def project_logging_kept():
     what a test runs in-process must not change what a later test reads through caplog."""
     loggers = [logging.getLogger(name) for name in ("zsas", "py.warnings")]
     saved = [(lg.handlers[:], lg.propagate, lg.level) for lg in loggers]
+    # a library that configures logging on import (logging.config with disable_existing_loggers) disables ours
+    children = {name: lg.disabled for name, lg in logging.root.manager.loggerDict.items()
+                if name.startswith("zsas") and isinstance(lg, logging.Logger)}
     show, format_warning = warnings.showwarning, warnings.formatwarning
     try:
         yield
@@ -40,6 +43,9 @@ def project_logging_kept():
                     handler.close()
             lg.handlers[:], lg.propagate = handlers, propagate
             lg.setLevel(level)
+        for name, lg in logging.root.manager.loggerDict.items():
+            if name.startswith("zsas") and isinstance(lg, logging.Logger):
+                lg.disabled = children.get(name, False)
 
 
 @pytest.fixture(autouse=True)

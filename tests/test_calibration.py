@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE, FIXTURE_SETTINGS, VCP_FIXTURE, run_script
+from conftest import FIXTURE, FIXTURE_SETTINGS, VCP_FIXTURE, run_script, project_logging_kept
 from PIL import Image
 from test_predict import write_image
 
@@ -161,8 +161,9 @@ def raw_outputs(runner, paths) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def vip2_calibrated(normal_dir, tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp("calibrated") / "calibrated.pth"
-    record = calibrate.main([*model_args("vip2"), "--normal_dir", str(normal_dir), "--max_false_alarm", "0.5",
-                             "--max_pixel_false_alarm", "0.01", "--output", str(output)])
+    with project_logging_kept():  # a module-scoped run must not leave the project's logging changed
+        record = calibrate.main([*model_args("vip2"), "--normal_dir", str(normal_dir), "--max_false_alarm", "0.5",
+                                 "--max_pixel_false_alarm", "0.01", "--output", str(output)])
     return {"record": record, "output": output}
 
 

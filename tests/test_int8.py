@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FIXTURE, FIXTURE_SETTINGS
+from conftest import FIXTURE, FIXTURE_SETTINGS, project_logging_kept
 from test_predict import write_image
 
 import export
@@ -38,7 +38,9 @@ def calibration_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp32_file(tmp_path_factory) -> Path:
-    return Path(export.main([*model_args(), "--output", str(tmp_path_factory.mktemp("fp32") / "fp32.onnx")])["output"])
+    with project_logging_kept():  # a module-scoped run must not leave the project's logging changed
+        return Path(export.main([*model_args(), "--output",
+                                 str(tmp_path_factory.mktemp("fp32") / "fp32.onnx")])["output"])
 
 
 def images_of(folder: Path) -> np.ndarray:
@@ -48,10 +50,11 @@ def images_of(folder: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def onnx_int8(calibration_dir, tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp("int8") / "int8.onnx"
-    return export.main([*model_args(), "--output", str(output), "--int8", "--calibration_dir", str(calibration_dir),
-                        "--int8_eval_data", str(FIXTURE / "data"), "--int8_max_map_diff", "0.2",
-                        "--int8_max_mean_map_diff", "0.05", "--int8_min_spearman", "0.5",
-                        "--int8_max_auroc_drop", "0.2"])
+    with project_logging_kept():
+        return export.main([*model_args(), "--output", str(output), "--int8", "--calibration_dir",
+                            str(calibration_dir), "--int8_eval_data", str(FIXTURE / "data"), "--int8_max_map_diff",
+                            "0.2", "--int8_max_mean_map_diff", "0.05", "--int8_min_spearman", "0.5",
+                            "--int8_max_auroc_drop", "0.2"])
 
 
 def test_onnx_int8_file_is_quantised_and_records_it(onnx_int8, fp32_file):
