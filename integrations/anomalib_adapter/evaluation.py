@@ -38,7 +38,7 @@ def default_metrics() -> list:
 FIELDS = ("image_path", "pred_score", "anomaly_map", "gt_label", "gt_mask", "pred_label", "pred_mask")
 
 
-def _cpu(value):
+def _cpu(value):  # noqa: D103 (shared with modules.py)
     return value.detach().cpu() if isinstance(value, torch.Tensor) else value
 
 

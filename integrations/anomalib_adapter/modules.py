@@ -25,8 +25,10 @@ from models.base import CLIP_MEAN, CLIP_STD
 from models.checkpoint import method_of, read_checkpoint
 from models.smoothing import GAUSSIAN_TRUNCATE, _blur_matrix
 
-from .evaluation import SET_CLASS, AdapterEvaluator
+from .evaluation import FIELDS, SET_CLASS, AdapterEvaluator, _cpu, gather
 from .pil_resize import PILResize
+
+ONNX_OPSET = 18  # export.py's; anomalib's default (14) makes onnxscript try a down-conversion that fails here
 
 
 def learning_type_of(model_class) -> LearningType:
@@ -122,6 +124,13 @@ class RegistryAnomalibModule(AnomalibModule):
         raise RuntimeError(f"{type(self).__name__} does not train inside anomalib: train with train.py and load its "
                            "checkpoint (Engine.fit of a zero-shot model only validates)")
 
+    def val_dataloader(self) -> list:
+        """No validation data of its own. anomalib validates a zero-shot model before `Engine.predict` to set the
+        thresholds, and `Engine.predict(model, data_path=...)` gives it none, which would stop Lightning; with
+        this, that validation runs over nothing and the thresholds stay unset (NaN: no `pred_label` or
+        `pred_mask`). A datamodule's validation set, when given, takes precedence."""
+        return []
+
     def validation_step(self, batch, *args, **kwargs):
         del args, kwargs
         return batch.update(**self.model(batch.image)._asdict())
@@ -139,6 +148,21 @@ class RegistryAnomalibModule(AnomalibModule):
         return dict(outputs, anomaly_map=done["anomaly_maps"], pred_score=done["image_scores"],
                     anomaly_map_raw=maps, pred_score_raw=scores)
 
+    def finalize_predictions(self, predictions, cls_names=None) -> dict:
+        """What `Engine.predict` returned (a list of batches, or of lists of batches per dataloader) as one dict
+        of `image_path`, `pred_score`, `anomaly_map` (and `pred_label`, `pred_mask` when thresholds were set), after
+        the method's set-level step (`finalize_outputs`; `cls_names` as there)."""
+        batches = [b for item in predictions for b in (item if isinstance(item, list) else [item])]
+        outputs = gather([{key: _cpu(getattr(batch, key, None)) for key in FIELDS} for batch in batches])
+        if not self._thresholds_set():  # anomalib passes the scores through as "labels" without a threshold
+            outputs = {key: value for key, value in outputs.items() if key not in ("pred_label", "pred_mask")}
+        return self.finalize_outputs(outputs, cls_names)
+
+    def _thresholds_set(self) -> bool:
+        post = self.post_processor
+        return bool(post is not None and getattr(post, "enable_thresholding", False)
+                    and torch.isfinite(post.image_threshold).item() and torch.isfinite(post.pixel_threshold).item())
+
     # ------------------------------------------------------------------ export
     def prepare_for_export(self) -> None:
         """Empty the models' caches of constant tensors (Lightning fills them under inference mode, which
@@ -154,6 +178,7 @@ class RegistryAnomalibModule(AnomalibModule):
         """anomalib's ONNX export, at a fixed input size (default S x S; the batch stays dynamic). The graph takes
         float images in [0, 1] of that size and holds the Pillow resize from it (`input_size=(H, W)`)."""
         self.prepare_for_export()
+        kwargs.setdefault("opset_version", ONNX_OPSET)
         return super().to_onnx(export_root, model_file_name, input_size or (self._image_size,) * 2, **kwargs)
 
     def to_openvino(self, export_root, model_file_name: str = "model", input_size=None, *args, **kwargs):
