@@ -106,6 +106,10 @@ def test_pil_resize_equals_pillow_for_images_and_masks():
         torch.testing.assert_close(torch.round(resized * 255).to(torch.uint8), expected, rtol=0, atol=0)
         torch.testing.assert_close(resized_mask.as_subclass(torch.Tensor), dataset.resize_mask(mask_bool, size),
                                    rtol=0, atol=0)
+    prepared = PILResize(size)
+    prepared.prepare(height, width)  # what an export holds as buffers gives the same pixels
+    assert {name for name, _ in prepared.named_buffers()} == {"horizontal", "vertical"}
+    torch.testing.assert_close(prepared(image), resized, rtol=0, atol=0)
     same = torch.rand(3, 9, 9)
     assert PILResize(9)(same) is same  # Pillow returns an image already at the size unchanged
 
@@ -164,7 +168,7 @@ def test_finalize_outputs_is_the_methods_set_step(name):
 
 # ---------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module", params=sorted(CASES))
-def test_py_run(request, tmp_path_factory):
+def script_run(request, tmp_path_factory):
     """test.py on a fixture (its CPU defaults: batch 1; the exact AUPRO anomalib computes), maps saved."""
     case = request.param
     spec, out = CASES[case], tmp_path_factory.mktemp(f"test_py_{case}")
@@ -180,8 +184,8 @@ def test_py_run(request, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_engine_test_gives_test_py_numbers(test_py_run, tmp_path):
-    case, saved, results = test_py_run
+def test_engine_test_gives_test_py_numbers(script_run, tmp_path):
+    case, saved, results = script_run
     spec = CASES[case]
     model = adapter(case)
     paths = [str(p) for p in saved["img_paths"]]

@@ -164,25 +164,34 @@ class RegistryAnomalibModule(AnomalibModule):
                     and torch.isfinite(post.image_threshold).item() and torch.isfinite(post.pixel_threshold).item())
 
     # ------------------------------------------------------------------ export
-    def prepare_for_export(self) -> None:
-        """Empty the models' caches of constant tensors (Lightning fills them under inference mode, which
-        torch.export cannot take as constants) and fill them again with one plain pass."""
+    def prepare_for_export(self, input_size=None) -> tuple[int, int]:
+        """Ready the module for `torch.export` at `input_size` (default S x S), returned as (height, width): the
+        models' caches of constant tensors emptied (Lightning fills them under inference mode, which torch.export
+        cannot take as constants) and filled again by one plain pass, and the Pillow weights for that input
+        size held as buffers of the pre-processor's export transform."""
+        height, width = (int(v) for v in (input_size or (self._image_size,) * 2))
         for module in self.modules():
             for key, value in list(vars(module).items()):
                 if key.endswith("_cache") and isinstance(value, dict):
                     value.clear()
+        if self.pre_processor is not None:
+            for transform in self.pre_processor.modules():
+                if isinstance(transform, PILResize):
+                    transform.prepare(height, width)
+                    transform.to(self.device)
         with torch.no_grad():
             self.model(torch.zeros(1, 3, self._image_size, self._image_size, device=self.device))
+        return height, width
 
     def to_onnx(self, export_root, model_file_name: str = "model", input_size=None, **kwargs):
         """anomalib's ONNX export, at a fixed input size (default S x S; the batch stays dynamic). The graph takes
         float images in [0, 1] of that size and holds the Pillow resize from it (`input_size=(H, W)`)."""
-        self.prepare_for_export()
+        input_size = self.prepare_for_export(input_size)
         kwargs.setdefault("opset_version", ONNX_OPSET)
-        return super().to_onnx(export_root, model_file_name, input_size or (self._image_size,) * 2, **kwargs)
+        return super().to_onnx(export_root, model_file_name, input_size, **kwargs)
 
     def to_openvino(self, export_root, model_file_name: str = "model", input_size=None, *args, **kwargs):
-        self.prepare_for_export()
+        """anomalib's OpenVINO export (through `to_onnx` above), at a fixed input size as there."""
         return super().to_openvino(export_root, model_file_name, input_size or (self._image_size,) * 2, *args,
                                    **kwargs)
 

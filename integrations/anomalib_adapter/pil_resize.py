@@ -71,33 +71,43 @@ def pil_coefficients(in_size: int, out_size: int, filter_name: str) -> np.ndarra
     return matrix
 
 
-def _resample_axis(values: torch.Tensor, size: int, filter_name: str, axis: int) -> torch.Tensor:
+def fixed_point_weights(in_size: int, out_size: int, filter_name: str, device=None) -> torch.Tensor:
+    """`pil_coefficients` as a float64 tensor (its integers are exact in float64)."""
+    return torch.from_numpy(pil_coefficients(in_size, out_size, filter_name)).to(device, torch.float64)
+
+
+def _resample_axis(values: torch.Tensor, weights: torch.Tensor, axis: int) -> torch.Tensor:
     """One Pillow pass over float64 integer values `[..., H, W]` along axis -1 (horizontal) or -2 (vertical)."""
-    weights = torch.from_numpy(pil_coefficients(values.shape[axis], size, filter_name)).to(values.device,
-                                                                                            torch.float64)
     sums = values @ weights.T if axis == -1 else weights @ values
     sums = sums + float(1 << (PRECISION_BITS - 1))
     return torch.clamp(torch.floor(sums / float(1 << PRECISION_BITS)), 0.0, 255.0)
 
 
-def pil_resize_values(values: torch.Tensor, size: int, filter_name: str) -> torch.Tensor:
-    """Integer grey levels 0..255 `[..., H, W]` (any dtype) resized to `size x size` as Pillow does, float64."""
+def pil_resize_values(values: torch.Tensor, size: int, filter_name: str, horizontal: torch.Tensor | None = None,
+                      vertical: torch.Tensor | None = None) -> torch.Tensor:
+    """Integer grey levels 0..255 `[..., H, W]` (any dtype) resized to `size x size` as Pillow does, float64.
+    horizontal, vertical: the weights for this input size, when already made (`PILResize.prepare`)."""
     height, width = int(values.shape[-2]), int(values.shape[-1])
     values = values.to(torch.float64)
     if width != size:
-        values = _resample_axis(values, size, filter_name, -1)
+        if horizontal is None:
+            horizontal = fixed_point_weights(width, size, filter_name, values.device)
+        values = _resample_axis(values, horizontal, -1)
     if height != size:
-        values = _resample_axis(values, size, filter_name, -2)
+        if vertical is None:
+            vertical = fixed_point_weights(height, size, filter_name, values.device)
+        values = _resample_axis(values, vertical, -2)
     return values
 
 
-def resize_unit_image(image: torch.Tensor, size: int) -> torch.Tensor:
+def resize_unit_image(image: torch.Tensor, size: int, horizontal: torch.Tensor | None = None,
+                      vertical: torch.Tensor | None = None) -> torch.Tensor:
     """A float image in [0, 1] that holds uint8 levels (`level / 255`, as anomalib reads files) -> the same
     levels after `dataset.resize_image`'s Pillow bicubic resize, as float32 `level / 255`."""
     if int(image.shape[-2]) == size and int(image.shape[-1]) == size:
         return image
     levels = torch.round(image.to(torch.float32) * 255.0)
-    return pil_resize_values(levels, size, "bicubic").to(torch.float32).div(255.0)
+    return pil_resize_values(levels, size, "bicubic", horizontal, vertical).to(torch.float32).div(255.0)
 
 
 def resize_binary_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
@@ -128,9 +138,22 @@ class PILResize(Resize):
             plain = inpt.as_subclass(torch.Tensor) if isinstance(inpt, tv_tensors.Image) else inpt
             if not plain.is_floating_point():
                 raise TypeError(f"PILResize expects float images in [0, 1] (as anomalib reads them), got {plain.dtype}")
-            resized = resize_unit_image(plain, self.square)
+            resized = resize_unit_image(plain, self.square, *self._prepared(plain))
             return tv_tensors.wrap(resized, like=inpt) if isinstance(inpt, tv_tensors.Image) else resized
         raise TypeError(f"PILResize resizes images and masks only, not {type(inpt).__name__}")
+
+    def prepare(self, height: int, width: int) -> None:
+        """Hold the bicubic weights for `height x width` inputs as buffers, so that a graph traced at that size
+        takes them as constants instead of tracing how Pillow makes them."""
+        self.register_buffer("horizontal", fixed_point_weights(width, self.square, "bicubic"), persistent=False)
+        self.register_buffer("vertical", fixed_point_weights(height, self.square, "bicubic"), persistent=False)
+
+    def _prepared(self, image: torch.Tensor) -> tuple:
+        horizontal, vertical = getattr(self, "horizontal", None), getattr(self, "vertical", None)
+        if horizontal is None or vertical is None or horizontal.shape[1] != image.shape[-1] \
+                or vertical.shape[1] != image.shape[-2]:
+            return None, None
+        return horizontal.to(image.device), vertical.to(image.device)
 
     def extra_repr(self) -> str:
         return f"size={self.square}, images: Pillow bicubic, masks: Pillow bilinear > 0.5"
