@@ -55,13 +55,13 @@ class AdapterEvaluator(Evaluator):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._kept.append({key: _cpu(getattr(batch, key, None)) for key in FIELDS})
-        if not pl_module.set_normalization:
+        if not getattr(pl_module, "set_normalization", False):
             super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         outputs = gather(self._kept)
         self._kept = []
-        if pl_module.set_normalization and outputs:
+        if getattr(pl_module, "set_normalization", False) and outputs:
             outputs = pl_module.finalize_outputs(outputs)
             for metric in self.test_metrics:
                 metric.update(SimpleNamespace(**{key: outputs.get(key) for key in FIELDS}))
