@@ -142,6 +142,23 @@ def test_pre_processor_and_model_reproduce_the_repository_pipeline(case):
             torch.testing.assert_close(resized.as_subclass(torch.Tensor), expected_mask, rtol=0, atol=0)
 
 
+def test_export_preparation_holds_the_resize_weights(monkeypatch):
+    """What the exported graph needs is held before tracing: the export transform resizes from the export size
+    without making Pillow's weights again (a trace would otherwise run that Python)."""
+    from integrations.anomalib_adapter import pil_resize
+
+    model = adapter("vip2")
+    image = torch.rand(2, 3, 90, 100)
+    expected = model.pre_processor.export_transform(image)
+    assert model.prepare_for_export((90, 100)) == (90, 100)
+
+    def refuse(*args):
+        raise AssertionError("Pillow's weights were made again after prepare_for_export")
+
+    monkeypatch.setattr(pil_resize, "pil_coefficients", refuse)
+    torch.testing.assert_close(model.pre_processor.export_transform(image), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", method_names())
 def test_finalize_outputs_is_the_methods_set_step(name):
     # untrained prompts on the tiny CLIP every method here builds on (VCP-CLIP's needs equal text and embedding widths)
@@ -224,6 +241,8 @@ def test_anomalib_onnx_export_runs_in_onnxruntime(case, tmp_path):
                              dataset.resize_image(Image.open(path).convert("RGB").transpose(Image.FLIP_LEFT_RIGHT),
                                                   model.image_size)])
         repository_maps, repository_scores = model.model.model(uint8)
+    print(f"{case}: ONNX Runtime vs PyTorch: maps {np.abs(outputs['anomaly_map'] - expected.anomaly_map.numpy()).max():.2e}"
+          f", scores {np.abs(outputs['pred_score'] - expected.pred_score.numpy()).max():.2e}")
     np.testing.assert_allclose(outputs["anomaly_map"], expected.anomaly_map.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
     np.testing.assert_allclose(outputs["pred_score"], expected.pred_score.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
     np.testing.assert_allclose(outputs["anomaly_map"], repository_maps.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
@@ -265,3 +284,21 @@ def test_docs_example_runs_as_written(tmp_path):
             maps, scores = model(dataset.read_image(Path(path), model.image_size)[0][None])
             assert float(score) == pytest.approx(float(scores[0]), abs=1e-5)
             assert float(peak) == pytest.approx(float(maps.max()), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_anomalib_openvino_export_runs(tmp_path):
+    """anomalib's to_openvino of the adapter (through its ONNX export), run by OpenVINO in float32."""
+    ov = pytest.importorskip("openvino", reason="openvino is not installed (requirements-deploy.txt)")
+    case = "vcp"  # the method whose export holds the most (two branches, deep prompts); ONNX covers every fixture
+    model = adapter(case).eval()
+    xml = model.to_openvino(tmp_path)
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    paths = sorted(CASES[case]["classes"].rglob("*.bmp"))[:2]
+    batch = torch.stack([dataset.read_image(path, model.image_size)[0] for path in paths]).float() / 255
+    result = compiled(batch.numpy())
+    outputs = {port.get_any_name(): value for port, value in result.items()}
+    with torch.no_grad():
+        expected = model(batch)
+    np.testing.assert_allclose(outputs["anomaly_map"], expected.anomaly_map.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
+    np.testing.assert_allclose(outputs["pred_score"], expected.pred_score.numpy(), rtol=0, atol=EXPORT_TOLERANCE)

@@ -174,11 +174,12 @@ class RegistryAnomalibModule(AnomalibModule):
             for key, value in list(vars(module).items()):
                 if key.endswith("_cache") and isinstance(value, dict):
                     value.clear()
-        if self.pre_processor is not None:
-            for transform in self.pre_processor.modules():
-                if isinstance(transform, PILResize):
-                    transform.prepare(height, width)
-                    transform.to(self.device)
+        if self.pre_processor is not None:  # torchvision's Compose keeps its transforms in a list, not as modules
+            for transform in (getattr(self.pre_processor, "transform", None),
+                              getattr(self.pre_processor, "export_transform", None)):
+                for resize in _pil_resizes(transform):
+                    resize.prepare(height, width)
+                    resize.to(self.device)
         with torch.no_grad():
             self.model(torch.zeros(1, 3, self._image_size, self._image_size, device=self.device))
         return height, width
@@ -194,6 +195,14 @@ class RegistryAnomalibModule(AnomalibModule):
         """anomalib's OpenVINO export (through `to_onnx` above), at a fixed input size as there."""
         return super().to_openvino(export_root, model_file_name, input_size or (self._image_size,) * 2, *args,
                                    **kwargs)
+
+
+def _pil_resizes(transform):
+    """The `PILResize`s in a transform, through nested `Compose`s."""
+    if isinstance(transform, PILResize):
+        yield transform
+    for child in getattr(transform, "transforms", None) or ():
+        yield from _pil_resizes(child)
 
 
 def class_name_of(method: str) -> str:
