@@ -1,6 +1,6 @@
 """This project's test.py (and predict.py) against the authors' per-image loop, side by side on the CPU.
 
-    python benchmarks/cpu_speed.py                                   # both methods, ViT-B/16 and ViT-L/14@336
+    python benchmarks/cpu_speed.py                                   # every method, ViT-B/16 and ViT-L/14@336
     python benchmarks/cpu_speed.py --models vcp --archs ViT-L-14-336 --images 16 --output cpu.json
 
 For each method and architecture (random weights, 518 px input, synthetic PNGs of
@@ -75,16 +75,26 @@ def prepare(work: Path, method: str, arch: str, images: int, image_px: int, imag
         torch.manual_seed(0)
         quick_gelu = get_method(method).model_class().quick_gelu
         clip = build_clip(torch.load(weights, weights_only=True), quick_gelu=quick_gelu)
-        depth = len(clip.visual.transformer.resblocks)  # the paper's 6 12 18 24 are ViT-L's quarter points
-        layers = tuple(depth * quarter // 4 for quarter in (1, 2, 3, 4))
+        depth = len(clip.visual.transformer.resblocks)  # each method's default layers are ViT-L's (24 blocks)
+        layers = tuple(depth * layer // 24 for layer in get_method(method).config().features_list)
         save_checkpoint(checkpoint, create_model(method, clip=clip, features_list=layers, image_size=image_size),
                         epoch=0)
     return data, weights, checkpoint
 
 
+def class_flag(method: str) -> list[str]:
+    """A class-conditioned method (APRIL-GAN's prompts name the class) runs predict.py bound to one class."""
+    from models import get_method
+
+    return ["--class_name", "a_synth"] if get_method(method).model_class().class_conditioned else []
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vip2", "vcp"], choices=["vip2", "vcp"])
+    from models import method_names
+
+    parser.add_argument("--models", nargs="+", default=list(method_names()), choices=method_names(),
+                        help="registered methods (default: all)")
     parser.add_argument("--archs", nargs="+", default=["ViT-B-16", "ViT-L-14-336"])
     parser.add_argument("--images", type=int, default=16, help="images in two classes")
     parser.add_argument("--image_size", type=int, default=518, help="model input size (recorded in the checkpoint)")
@@ -112,7 +122,7 @@ def main(argv=None) -> None:
                     runs["test.py bf16"] = [*runs["test.py"], "--precision", "bf16"]
                 if not args.skip_predict:
                     runs["predict.py"] = [ROOT / "predict.py", str(data / "*" / "test"), "--out", work / "predicted",
-                                          "--overwrite", *common, "--device", "cpu"]
+                                          "--overwrite", *common, "--device", "cpu", *class_flag(method)]
                 for repeat in range(args.repeats):
                     order = list(runs) if repeat % 2 == 0 else list(reversed(runs))
                     for name in order:

@@ -65,7 +65,9 @@ def main(argv=None) -> dict:
     with torch.no_grad():
         for index in range(len(dataset)):
             item = dataset[index]
-            raw_map, score = model.predict(normalize_images(item["img"][None]))
+            images = normalize_images(item["img"][None])
+            raw_map, score = (model.predict(images, [item["cls_name"]]) if model.class_conditioned
+                              else model.predict(images))
             maps.append(gaussian_filter(raw_map[0].numpy(), sigma=model.config.sigma) if model.config.sigma
                         else raw_map[0].numpy())
             scores.append(float(score[0]))
