@@ -154,12 +154,12 @@ def _interrupt_when(process, ready, timeout=240):
 def test_ctrl_c_during_predict_leaves_no_partial_overlays(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
-    for index in range(60):
-        Image.fromarray(np.full((40, 50, 3), index * 4, np.uint8)).save(folder / f"{index:03d}.png")
+    for index in range(240):  # enough that the run is still going when the interrupt lands, on a fast machine too
+        Image.fromarray(np.full((40, 50, 3), index, np.uint8)).save(folder / f"{index:03d}.png")
     out = tmp_path / "out"
     process = _start("predict.py", folder, "--out", out, *PREDICT_ARGS, "--batch_size", "1")
-    status, _, err = _interrupt_when(process, lambda: any((out / STAGING_FOLDER).glob("*.png")))
-    assert status == INTERRUPTED_STATUS, err
+    status, stdout, err = _interrupt_when(process, lambda: any((out / STAGING_FOLDER).glob("*.png")))
+    assert status == INTERRUPTED_STATUS, (status, stdout[-2000:], err[-2000:])
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     said = [line for line in err.replace("\r", "\n").splitlines() if "interrupted" in line]
     assert len(said) == 1 and "predict.py: interrupted" in said[0] and "this run's overlays were removed" in said[0]
