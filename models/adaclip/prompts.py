@@ -1,0 +1,134 @@
+"""AdaCLIP's learnable prompts and its text side (SPEC_ADACLIP §2-§4): the modules under the authors' key
+names, the prompt ensemble, the text tower with prompts replacing token positions.
+
+Every prompt is rounded to float16 before it enters a tower, as the reference does (`.half()`),
+so its gradient is rounded to float16 too.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
+                 "{} without damage")
+ABNORMAL_STATES = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
+TEMPLATES = ("a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
+             "a cropped photo of the {}.")
+
+
+def sentences(cls_name: str) -> tuple[list[str], list[str]]:
+    """The normal and the abnormal sentences of one class (state-major); '-' in the name becomes a space."""
+    name = cls_name.replace("-", " ")
+    return tuple([template.format(state.format(name)) for state in states for template in TEMPLATES]
+                 for states in (NORMAL_STATES, ABNORMAL_STATES))
+
+
+class StaticPrompts(nn.Module):
+    """`static_prompts.{j}`: `[length, width]` per prompted block, N(0, 0.02)."""
+
+    def __init__(self, length: int, width: int, depth: int):
+        super().__init__()
+        self.static_prompts = nn.ParameterList(
+            [nn.Parameter(torch.empty(length, width).normal_(std=0.02)) for _ in range(depth)])
+
+
+class Heads(nn.Module):
+    """`head.{i}`: one `nn.Linear` per output (the reference's ProjectLayer)."""
+
+    def __init__(self, in_features: int, out_features: int, count: int):
+        super().__init__()
+        self.head = nn.ModuleList([nn.Linear(in_features, out_features) for _ in range(count)])
+
+
+class Learnable(nn.Module):
+    """Everything AdaCLIP trains, under the names the authors' checkpoints use (after `clip_model.`)."""
+
+    def __init__(self, config, vision_width: int, text_width: int, embed_dim: int, output_layers: int):
+        super().__init__()
+        depth, length = config.prompting_depth, config.prompting_length
+        # creation order follows the reference's (its random initialisation draws in this order)
+        if config.text_prompts and config.static:
+            self.text_prompter = StaticPrompts(length, text_width, depth)
+        if config.visual_prompts and config.static:
+            self.visual_prompter = StaticPrompts(length, vision_width, depth)
+        self.patch_token_layer = Heads(vision_width, embed_dim, output_layers)
+        self.cls_token_layer = Heads(embed_dim, embed_dim, 1)
+        if config.dynamic:
+            self.dynamic_visual_prompt_generator = Heads(embed_dim, vision_width, length)
+            self.dynamic_text_prompt_generator = Heads(embed_dim, text_width, length)
+
+
+def block_context(static: StaticPrompts | None, dynamic: torch.Tensor | None, block: int) -> torch.Tensor:
+    """The prompts of one block, `[N or 1, length, width]`, rounded to float16: static + dynamic, or either."""
+    context = None
+    if static is not None:
+        context = static.static_prompts[block].unsqueeze(0)
+    if dynamic is not None:
+        context = dynamic if context is None else dynamic + context
+    return context.half()
+
+
+@torch.no_grad()
+def token_ids(cls_name: str, device) -> tuple[torch.Tensor, int]:
+    """The 48 sentences' token ids `[48, 77]` (normal first) and how many are normal."""
+    from prompt_ensemble import tokenize
+
+    normal, abnormal = sentences(cls_name)
+    return tokenize(normal + abnormal).to(device), len(normal)
+
+
+def encode_sentences(backbone, ids: torch.Tensor, normal_count: int, contexts) -> torch.Tensor:
+    """`[E, 2]` (normal, abnormal) for one set of sentences: the text tower with `contexts[j]` (`[1, length, D]`
+    or None) replacing positions 1..length of the stream entering block j (j >= 1), each sentence encoded and
+    normalised, the mean per state normalised again.
+
+    The causal mask lets the stream be cut after the last end-of-text token (the reference runs all 77)."""
+    clip = backbone.clip
+    eot = ids.argmax(dim=-1)
+    cut = int(eot.max()) + 1
+    x = backbone.embed_tokens(ids[:, :cut]) + clip.positional_embedding[:cut]
+    mask = clip.attn_mask[:cut, :cut].to(x.device)
+    for index, block in enumerate(clip.transformer.resblocks):
+        context = contexts[index] if index < len(contexts) else None
+        if index > 0 and context is not None:
+            length = context.shape[1]
+            inside = max(0, min(length, cut - 1))  # positions past the cut never reach an end-of-text row
+            context = context[:, :inside].to(x.dtype).expand(x.shape[0], -1, -1)
+            x = torch.cat([x[:, :1], context, x[:, 1 + inside:]], dim=1)
+        x = block(x, attn_mask=mask)
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), eot] @ clip.text_projection
+    x = x / x.norm(dim=-1, keepdim=True)
+    states = []
+    for part in (x[:normal_count], x[normal_count:]):
+        mean = part.mean(dim=0)
+        states.append(mean / mean.norm())
+    return torch.stack(states, dim=1)
+
+
+def text_features(backbone, learnable: Learnable, config, cls_names: list[str],
+                  dynamic: torch.Tensor | None, cache: dict) -> torch.Tensor:
+    """`[N, E, 2]`, L2-normalised over E: per image when the text prompts are dynamic, else per class
+    (`cache`d when the text tower carries no prompts)."""
+    device = backbone.clip.text_projection.device
+    static = getattr(learnable, "text_prompter", None) if config.text_prompts else None
+    per_image = config.text_prompts and dynamic is not None
+    depth = config.prompting_depth if config.text_prompts else 0
+    out, by_class = [], {}
+    for i, name in enumerate(cls_names):
+        if not per_image and name in by_class:
+            out.append(by_class[name])
+            continue
+        if not config.text_prompts and name in cache and cache[name].device == device:
+            feature = cache[name]
+        else:
+            ids, normal = token_ids(name, device)
+            contexts = [block_context(static, dynamic[i:i + 1] if per_image else None, j) for j in range(depth)]
+            with torch.set_grad_enabled(torch.is_grad_enabled() and config.text_prompts):
+                feature = encode_sentences(backbone, ids, normal, contexts)
+            if not config.text_prompts:
+                cache[name] = feature
+        by_class[name] = feature
+        out.append(feature)
+    return F.normalize(torch.stack(out), dim=1)
