@@ -94,7 +94,7 @@ class AdaCLIP(AnomalyModel):
             wanted, taps = set(self.output_layers), []
             for index, block in enumerate(visual.transformer.resblocks):
                 if prompted and index < config.prompting_depth:
-                    context = block_context(static, dynamic, index).to(x.dtype).expand(x.shape[0], -1, -1)
+                    context = block_context(static, dynamic, index, x.shape[0]).to(x.dtype)
                     x = torch.cat([x if index == 0 else x[:, :-length], context], dim=1)
                 x = block(x)
                 if index + 1 in wanted:

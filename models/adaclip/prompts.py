@@ -59,13 +59,16 @@ class Learnable(nn.Module):
             self.dynamic_text_prompt_generator = Heads(embed_dim, text_width, length)
 
 
-def block_context(static: StaticPrompts | None, dynamic: torch.Tensor | None, block: int) -> torch.Tensor:
-    """The prompts of one block, `[N or 1, length, width]`, rounded to float16: static + dynamic, or either."""
+def block_context(static: StaticPrompts | None, dynamic: torch.Tensor | None, block: int,
+                  count: int) -> torch.Tensor:
+    """The prompts of one block for `count` sequences, `[count, length, width]`, rounded to float16: static +
+    dynamic, or either. Expanded before the rounding, as the reference: the gradient is rounded to float16 per
+    sequence, then summed."""
     context = None
     if static is not None:
-        context = static.static_prompts[block].unsqueeze(0)
+        context = static.static_prompts[block].unsqueeze(0).expand(count, -1, -1)
     if dynamic is not None:
-        context = dynamic if context is None else dynamic + context
+        context = dynamic.expand(count, -1, -1) if context is None else dynamic + context
     return context.half()
 
 
@@ -79,8 +82,8 @@ def token_ids(cls_name: str, device) -> tuple[torch.Tensor, int]:
 
 
 def encode_sentences(backbone, ids: torch.Tensor, normal_count: int, contexts) -> torch.Tensor:
-    """`[E, 2]` (normal, abnormal) for one set of sentences: the text tower with `contexts[j]` (`[1, length, D]`
-    or None) replacing positions 1..length of the stream entering block j (j >= 1), each sentence encoded and
+    """`[E, 2]` (normal, abnormal) for one set of sentences: the text tower with `contexts[j]` (`[M, length, D]`,
+    one per sentence, or None) replacing positions 1..length of the stream entering block j (j >= 1), each sentence encoded and
     normalised, the mean per state normalised again.
 
     The causal mask lets the stream be cut after the last end-of-text token (the reference runs all 77)."""
@@ -94,7 +97,7 @@ def encode_sentences(backbone, ids: torch.Tensor, normal_count: int, contexts) -
         if index > 0 and context is not None:
             length = context.shape[1]
             inside = max(0, min(length, cut - 1))  # positions past the cut never reach an end-of-text row
-            context = context[:, :inside].to(x.dtype).expand(x.shape[0], -1, -1)
+            context = context[:, :inside].to(x.dtype)
             x = torch.cat([x[:, :1], context, x[:, 1 + inside:]], dim=1)
         x = block(x, attn_mask=mask)
     x = clip.ln_final(x)
@@ -124,7 +127,8 @@ def text_features(backbone, learnable: Learnable, config, cls_names: list[str],
             feature = cache[name]
         else:
             ids, normal = token_ids(name, device)
-            contexts = [block_context(static, dynamic[i:i + 1] if per_image else None, j) for j in range(depth)]
+            contexts = [block_context(static, dynamic[i:i + 1] if per_image else None, j, ids.shape[0])
+                        for j in range(depth)]
             with torch.set_grad_enabled(torch.is_grad_enabled() and config.text_prompts):
                 feature = encode_sentences(backbone, ids, normal, contexts)
             if not config.text_prompts:
