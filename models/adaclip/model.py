@@ -40,6 +40,7 @@ class AdaCLIP(AnomalyModel):
                                    self.backbone.embed_dim, len(self.output_layers))
         self._text_cache: dict[str, torch.Tensor] = {}  # `*_cache`: export.py empties it before tracing
         self.bound_class: str | None = None
+        self.global_batch_size = 1  # of the training run (configure_training): it decides the dice's grouping
 
     @property
     def output_layers(self) -> tuple[int, ...]:
@@ -150,14 +151,15 @@ class AdaCLIP(AnomalyModel):
     def training_losses(self, features, masks, labels, cls_names=None) -> dict[str, torch.Tensor]:
         """Focal loss of the image probabilities, then per layer focal + dice(abnormal) + dice(normal) of the
         per-layer softmax maps. The reference squeezes the mask batch: with one image (the only batch size it
-        runs) its dice is taken per pixel row."""
+        runs) its dice is taken per pixel row. That follows the run's global batch, so that torchrun's shares of
+        a larger batch (one image each) keep the per-image dice of one process."""
         (images,) = features
         logits, score = self._similarities(images, cls_names)
         target = masks.float()
         n = target.shape[0]
         image_loss = focal_loss(score.reshape(n, 2, 1, 1), labels.reshape(n, 1, 1))
         seg, terms = 0, {}
-        groups = target.shape[-1] if n == 1 else None
+        groups = target.shape[-1] if self.global_batch_size == 1 else None
         for j, layer in enumerate(logits):
             maps = self._upsampled(layer.float()).softmax(dim=1)
             focal = focal_loss(maps, target)
@@ -169,6 +171,9 @@ class AdaCLIP(AnomalyModel):
             seg = seg + (focal + dice_abnormal + dice_normal)
             terms.update({f"focal_{j}": focal, f"dice_abnormal_{j}": dice_abnormal, f"dice_normal_{j}": dice_normal})
         return {"loss": image_loss + seg, "image_loss": image_loss, **terms}
+
+    def configure_training(self, training) -> None:
+        self.global_batch_size = training.batch_size
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         return [self.learnable]
