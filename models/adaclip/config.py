@@ -17,6 +17,9 @@ LOGIT_SCALE = 100.0  # patch/image-text similarities are scaled by a literal 100
 HSF_ALPHA = 0.2  # weight of the clustered abnormal feature in the fused image feature
 HSF_TOKENS_PER_CLUSTER = 5  # the HSF gathers the k_clusters * 5 most abnormal patches
 KMEANS_MAX_ITER = 300  # scikit-learn's KMeans default, which the reference runs
+# An exported graph cannot stop on data: it unrolls this many Lloyd steps (300 would take minutes to export;
+# the clustered 5k patches settle in a few steps; export.py's check against PyTorch would show a shortfall).
+KMEANS_EXPORT_ITER = 30
 SMOOTHING_SIGMA = 4.0  # gaussian_filter(sigma=4) in the reference's evaluation
 ADAMW_BETAS = (0.5, 0.999)  # AdamW with torch's default weight decay 0.01
 PROMPTING_TYPES = ("", "S", "D", "SD")

@@ -12,26 +12,35 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import HSF_TOKENS_PER_CLUSTER, KMEANS_MAX_ITER
+from .config import HSF_TOKENS_PER_CLUSTER, KMEANS_EXPORT_ITER, KMEANS_MAX_ITER
 
 
 def _assign(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest centre (squared Euclidean distance), `[N, P]`."""
-    return torch.cdist(points, centres).argmin(dim=-1)
+    """Index of the nearest centre (squared Euclidean distance, as differences: no cancellation), `[N, P]`."""
+    return (points.unsqueeze(2) - centres.unsqueeze(1)).square().sum(dim=-1).argmin(dim=-1)
+
+
+def _one_hot(labels: torch.Tensor, clusters: int, dtype) -> torch.Tensor:
+    return (labels.unsqueeze(-1) == torch.arange(clusters, device=labels.device)).to(dtype)
+
+
+def _tracing() -> bool:
+    """Whether the code is being traced for export (a data-dependent stop would be frozen into the graph)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def kmeans_labels(points: torch.Tensor, clusters: int, max_iter: int = KMEANS_MAX_ITER) -> torch.Tensor:
     """Lloyd's k-means per batch element from the first `clusters` points: `[N, P, C]` -> labels `[N, P]`.
 
     Stops when no label changes (a fixed point: further iterations change nothing). While tracing for
-    export the loop cannot stop on data, so it runs all `max_iter` steps. An emptied cluster keeps its
+    export the loop cannot stop on data, so it runs `KMEANS_EXPORT_ITER` steps. An emptied cluster keeps its
     centre (scikit-learn would move it to a far point; from distinct starting points this is rare)."""
     points = points.detach().double()
     centres = points[:, :clusters]
     labels = _assign(points, centres)
-    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-    for _ in range(max_iter):
-        one_hot = F.one_hot(labels, clusters).to(points.dtype)  # [N, P, K]
+    tracing = _tracing()
+    for _ in range(KMEANS_EXPORT_ITER if tracing else max_iter):
+        one_hot = _one_hot(labels, clusters, points.dtype)  # [N, P, K]
         counts = one_hot.sum(dim=1)  # [N, K]
         sums = one_hot.transpose(1, 2) @ points
         centres = torch.where(counts.unsqueeze(-1) > 0, sums / counts.clamp(min=1).unsqueeze(-1), centres)
@@ -56,7 +65,7 @@ def hybrid_semantic_fusion(patches: list[torch.Tensor], logits: list[torch.Tenso
         raise ValueError(f"--k_clusters {clusters} exceeds the {count} patches of the image (scikit-learn's KMeans "
                          "refuses that too): lower --k_clusters")
     labels = kmeans_labels(torch.cat(selected, dim=2), clusters)
-    one_hot = F.one_hot(labels, clusters).to(selected[0].dtype)  # [N, count, K]
+    one_hot = _one_hot(labels, clusters, selected[0].dtype)  # [N, count, K]
     sizes = one_hot.sum(dim=1, keepdim=True)  # [N, 1, K]
     weights = (one_hot / (clusters * sizes.clamp(min=1))).sum(dim=2)  # [N, count]
     layer_mean = torch.stack(selected, dim=0).mean(dim=0)  # [N, count, E]

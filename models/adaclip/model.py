@@ -52,13 +52,15 @@ class AdaCLIP(AnomalyModel):
         """The class every image of a run without class names is taken to be (predict.py, exported files)."""
         self.bound_class = cls_name
 
-    def _classes(self, cls_names, count: int) -> list[str]:
+    def _classes(self, cls_names, count: int) -> list[str] | str:
+        """Each image's class, or one name for the whole batch (then nothing depends on its size)."""
         if cls_names is not None:
             if len(cls_names) != count:
                 raise ValueError(f"{len(cls_names)} class names for {count} images")
-            return list(cls_names)
+            names = list(cls_names)
+            return names[0] if len(set(names)) == 1 else names
         if self.bound_class is not None:
-            return [self.bound_class] * count
+            return self.bound_class
         raise ValueError("AdaCLIP's prompts name the object class: give each image's class name "
                          "(predict.py / export.py --class_name)")
 
@@ -109,7 +111,8 @@ class AdaCLIP(AnomalyModel):
         names = self._classes(cls_names, images.shape[0])
         dynamic_visual, dynamic_text = self.dynamic_prompts(images)
         embedding, taps = self.prompted_vision(images, dynamic_visual)
-        text = text_features(self.backbone, self.learnable, self.config, names, dynamic_text, self._text_cache)
+        text = text_features(self.backbone, self.learnable, self.config, names, images.shape[0], dynamic_text,
+                             self._text_cache)
         patches = []
         for fc, tokens in zip(self.learnable.patch_token_layer.head, taps):
             projected = fc(tokens[:, 1:])

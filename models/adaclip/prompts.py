@@ -6,6 +6,9 @@ so its gradient is rounded to float16 too.
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -72,67 +75,94 @@ def block_context(static: StaticPrompts | None, dynamic: torch.Tensor | None, bl
     return context.half()
 
 
-@torch.no_grad()
-def token_ids(cls_name: str, device) -> tuple[torch.Tensor, int]:
-    """The 48 sentences' token ids `[48, 77]` (normal first) and how many are normal."""
+class Tokens(NamedTuple):
+    """One class's 48 sentences, tokenised once (plain Python numbers besides the ids: nothing data-dependent
+    is left for an export to trace)."""
+
+    ids: torch.Tensor  # [48, 77], normal first
+    normal_count: int
+    eot: tuple[int, ...]  # each sentence's end-of-text position
+    cut: int  # the stream is cut after the last end-of-text token
+
+
+@functools.lru_cache(maxsize=None)
+def class_tokens(cls_name: str) -> Tokens:
     from prompt_ensemble import tokenize
 
     normal, abnormal = sentences(cls_name)
-    return tokenize(normal + abnormal).to(device), len(normal)
+    ids = tokenize(normal + abnormal)
+    eot = tuple(int(i) for i in ids.argmax(dim=-1).tolist())
+    return Tokens(ids, len(normal), eot, max(eot) + 1)
 
 
-def encode_sentences(backbone, ids: torch.Tensor, normal_count: int, contexts) -> torch.Tensor:
-    """`[E, 2]` (normal, abnormal) for one set of sentences: the text tower with `contexts[j]` (`[M, length, D]`,
-    one per sentence, or None) replacing positions 1..length of the stream entering block j (j >= 1), each sentence encoded and
-    normalised, the mean per state normalised again.
+def encode_sentences(backbone, tokens: Tokens, contexts, groups: int = 1) -> torch.Tensor:
+    """`[G, E, 2]` (normal, abnormal): `groups` copies of one class's sentences through the text tower, with
+    `contexts[j]` (`[G * M, length, D]`, one per sentence, or None) replacing positions 1..length of the stream
+    entering block j (j >= 1); each sentence encoded and normalised, the mean per state normalised again.
 
     The causal mask lets the stream be cut after the last end-of-text token (the reference runs all 77)."""
     clip = backbone.clip
-    eot = ids.argmax(dim=-1)
-    cut = int(eot.max()) + 1
-    x = backbone.embed_tokens(ids[:, :cut]) + clip.positional_embedding[:cut]
+    device = clip.text_projection.device
+    cut, count = tokens.cut, tokens.ids.shape[0]
+    ids = tokens.ids[:, :cut].to(device)
+    x = backbone.embed_tokens(ids) + clip.positional_embedding[:cut]
+    x = x.unsqueeze(0).expand(groups, -1, -1, -1).reshape(-1, cut, x.shape[-1])
     mask = clip.attn_mask[:cut, :cut].to(x.device)
     for index, block in enumerate(clip.transformer.resblocks):
         context = contexts[index] if index < len(contexts) else None
         if index > 0 and context is not None:
             length = context.shape[1]
             inside = max(0, min(length, cut - 1))  # positions past the cut never reach an end-of-text row
-            context = context[:, :inside].to(x.dtype)
-            x = torch.cat([x[:, :1], context, x[:, 1 + inside:]], dim=1)
+            x = torch.cat([x[:, :1], context[:, :inside].to(x.dtype), x[:, 1 + inside:]], dim=1)
         x = block(x, attn_mask=mask)
-    x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), eot] @ clip.text_projection
+    x = clip.ln_final(x).reshape(groups, count, cut, -1)
+    x = x[:, torch.arange(count, device=device), torch.tensor(tokens.eot, device=device)] @ clip.text_projection
     x = x / x.norm(dim=-1, keepdim=True)
     states = []
-    for part in (x[:normal_count], x[normal_count:]):
-        mean = part.mean(dim=0)
-        states.append(mean / mean.norm())
-    return torch.stack(states, dim=1)
+    for part in (x[:, :tokens.normal_count], x[:, tokens.normal_count:]):
+        mean = part.mean(dim=1)
+        states.append(mean / mean.norm(dim=-1, keepdim=True))
+    return torch.stack(states, dim=2)
 
 
-def text_features(backbone, learnable: Learnable, config, cls_names: list[str],
+def text_features(backbone, learnable: Learnable, config, cls_names, count: int,
                   dynamic: torch.Tensor | None, cache: dict) -> torch.Tensor:
-    """`[N, E, 2]`, L2-normalised over E: per image when the text prompts are dynamic, else per class
-    (`cache`d when the text tower carries no prompts)."""
+    """`[N, E, 2]`, L2-normalised over E, for `count` images of classes `cls_names` (a list, one per image, or
+    one name for all, which keeps the batch size free for export): per image when the text prompts are
+    dynamic, else per class (`cache`d when the text tower carries no prompts)."""
     device = backbone.clip.text_projection.device
     static = getattr(learnable, "text_prompter", None) if config.text_prompts else None
     per_image = config.text_prompts and dynamic is not None
     depth = config.prompting_depth if config.text_prompts else 0
-    out, by_class = [], {}
-    for i, name in enumerate(cls_names):
-        if not per_image and name in by_class:
-            out.append(by_class[name])
-            continue
+
+    def encode(name: str, images) -> torch.Tensor:
+        """`[G, E, 2]` for the images `images` (a slice or index list) of class `name`; G = 1 unless per image."""
         if not config.text_prompts and name in cache and cache[name].device == device:
-            feature = cache[name]
+            return cache[name]
+        tokens = class_tokens(name)
+        sentences_count = tokens.ids.shape[0]
+        if per_image:
+            chosen = dynamic[images]
+            groups = chosen.shape[0]
+            chosen = chosen.repeat_interleave(sentences_count, dim=0)
         else:
-            ids, normal = token_ids(name, device)
-            contexts = [block_context(static, dynamic[i:i + 1] if per_image else None, j, ids.shape[0])
-                        for j in range(depth)]
-            with torch.set_grad_enabled(torch.is_grad_enabled() and config.text_prompts):
-                feature = encode_sentences(backbone, ids, normal, contexts)
-            if not config.text_prompts:
-                cache[name] = feature
-        by_class[name] = feature
-        out.append(feature)
+            chosen, groups = None, 1
+        contexts = [block_context(static, chosen, j, groups * sentences_count) for j in range(depth)]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and config.text_prompts):
+            feature = encode_sentences(backbone, tokens, contexts, groups)
+        if not config.text_prompts:
+            cache[name] = feature
+        return feature
+
+    if isinstance(cls_names, str):  # one class for every image
+        feature = encode(cls_names, slice(None))
+        return F.normalize(feature.expand(count, -1, -1) if feature.shape[0] == 1 else feature, dim=1)
+    by_class = {}
+    for name in dict.fromkeys(cls_names):
+        indices = [i for i, n in enumerate(cls_names) if n == name]
+        by_class[name] = (indices, encode(name, indices))
+    out = [None] * count
+    for indices, feature in by_class.values():
+        for row, i in enumerate(indices):
+            out[i] = feature[row if feature.shape[0] > 1 else 0]
     return F.normalize(torch.stack(out), dim=1)
