@@ -143,7 +143,7 @@ def test_checkpoints_keep_the_reference_layout(clip, config, tmp_path):
 def test_other_methods_files_are_not_taken_for_adaclip():
     from models.checkpoint import method_of, read_checkpoint
 
-    for name in ("aprilgan", "anomalyclip", "vcp"):
+    for name in ("aprilgan", "anomalyclip", "vcp", "vip2"):
         assert method_of(read_checkpoint(ROOT / "tests" / "fixtures" / f"{name}_tiny" / "init.pth")) == name
 
 
