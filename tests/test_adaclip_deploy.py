@@ -85,6 +85,7 @@ def test_kmeans_reaches_the_fixed_point_of_lloyds_algorithm():
     assert torch.equal(torch.cdist(points[0], means).argmin(-1), labels)
 
 
+@pytest.mark.slow
 def test_predict_with_a_class_equals_the_model(clip, tmp_path):
     import predict
     from dataset import read_image
