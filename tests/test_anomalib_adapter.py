@@ -58,7 +58,10 @@ SHARED_DATA = FIXTURE / "data"  # the images of fixtures that ship none (anomaly
 FEW_SHOT_SETTINGS = "few_shot_settings.txt"
 REFERENCE_SHOTS = 2  # normal references per class in the few-shot cases
 MAP_TOLERANCE = 1e-5  # maps and image scores against test.py
-METRIC_TOLERANCE = 1e-6  # AUROC, AUPRO (and AUPR, F1-max) against test.py's results.json
+METRIC_TOLERANCE = 1e-6  # AUROC, AUPRO against test.py's results.json
+# AUPR, F1-max: anomalib accumulates their curves in float32 (measured: pixel AUPR 1.8e-6 off on the APRIL-GAN
+# few-shot fixture with identical maps; 4e-8 when the same maps are given to it in float64)
+FLOAT32_METRIC_TOLERANCE = 1e-5
 EXPORT_TOLERANCE = 1e-4  # ONNX Runtime / OpenVINO against PyTorch
 METRIC_PAIRS = {"image_AUROC": "image_auroc", "pixel_AUROC": "pixel_auroc", "pixel_AUPRO": "pixel_aupro",
                 "image_AUPR": "image_ap", "pixel_AUPR": "pixel_ap", "image_F1Max": "image_f1", "pixel_F1Max": "pixel_f1"}
@@ -398,7 +401,8 @@ def test_engine_test_gives_test_py_numbers(script_run, tmp_path):
         for key in raw:
             np.testing.assert_allclose(out["pred_score_raw"].numpy(), saved[key][index], rtol=0, atol=MAP_TOLERANCE)
         for ours, theirs in METRIC_PAIRS.items():
-            assert metrics[ours] == pytest.approx(results[cls_name][theirs], abs=METRIC_TOLERANCE), (cls_name, ours)
+            tolerance = METRIC_TOLERANCE if ours.endswith(("AUROC", "AUPRO")) else FLOAT32_METRIC_TOLERANCE
+            assert metrics[ours] == pytest.approx(results[cls_name][theirs], abs=tolerance), (cls_name, ours)
             diffs[ours] = abs(metrics[ours] - results[cls_name][theirs])
         assert torch.isfinite(model.post_processor.image_threshold), "validation on the test set set thresholds"
         for key, value in diffs.items():
