@@ -102,7 +102,7 @@ class RegistryAnomalibModule(AnomalibModule):
         if k_shot is not None and k_shot < 1:
             raise ValueError(f"k_shot must be >= 1, got {k_shot}")
         self.reference_dir, self.k_shot, self.seed = reference_dir, k_shot, seed
-        self.fixed_class = class_name
+        self.fixed_class: str | None = None
         if class_name is not None:
             self.bind_class(class_name)
         elif reference_dir is not None and not model.class_conditioned:
@@ -134,19 +134,23 @@ class RegistryAnomalibModule(AnomalibModule):
         if self.fixed_class is None and datamodule is not None and self.model.model.class_conditioned:
             name = getattr(datamodule, "category", "") or getattr(datamodule, "name", "")
             if name:
-                self.bind_class(str(name))
+                self._bind(str(name))
         if self.model.model.class_conditioned and self.class_name is None:
             raise ValueError(f"{get_method(self.method).title}'s prompts name the object class: pass class_name= "
                              "(the run's datamodule gives no category to take it from)")
         self._ensure_references(datamodule)
 
     def bind_class(self, class_name: str) -> None:
-        """Name the class of every image that follows (class-conditioned methods; others refuse)."""
-        model = self.model.model
-        if not model.class_conditioned:
+        """Name the class of every image that follows, whatever a datamodule's category (class-conditioned
+        methods; others refuse)."""
+        if not self.model.model.class_conditioned:
             raise ValueError(f"{get_method(self.method).title} does not name the class in its prompts: drop "
                              "class_name=")
-        model.bind_class(class_name)
+        self.fixed_class = class_name
+        self._bind(class_name)
+
+    def _bind(self, class_name: str) -> None:
+        self.model.model.bind_class(class_name)
         if self.reference_dir is not None:  # otherwise drawn from the datamodule when a run starts (setup)
             self._ensure_references(None)
 
@@ -241,8 +245,12 @@ class RegistryAnomalibModule(AnomalibModule):
         """Ready the module for `torch.export` at `input_size` (default S x S), returned as (height, width): the
         models' caches of constant tensors emptied (Lightning fills them under inference mode, which torch.export
         cannot take as constants) and filled again by one plain pass, and the Pillow weights for that input
-        size held as buffers of the pre-processor's export transform."""
+        size held as buffers of the pre-processor's export transform. A class-conditioned model exports the class
+        it is bound to, a few-shot model the references it holds (buffers)."""
         height, width = (int(v) for v in (input_size or (self._image_size,) * 2))
+        if self.model.model.class_conditioned and self.class_name is None:
+            raise ValueError(f"{get_method(self.method).title}'s prompts name the object class: an export holds one "
+                             "class's text; pass class_name= to load_model (or call bind_class) first")
         for module in self.modules():
             for key, value in list(vars(module).items()):
                 if key.endswith("_cache") and isinstance(value, dict):
