@@ -1,33 +1,19 @@
 """integrations/anomalib_adapter: every registered method as an anomalib model, giving test.py's numbers.
 
 Skipped, saying why, where anomalib is not installed (`pip install -r requirements-anomalib.txt`).
-Every case is derived from the registry and each method's fixture folder, so a method registered
-later is covered with no edit here (or fails naming the file its fixture lacks):
-
-* `tests/fixtures/<method>_tiny/clip_tiny.npz`: the tiny CLIP (required);
-* its checkpoint: `trained.pth`, else `init.pth`, else none (a training-free method: built from the
-  CLIP alone);
-* its model flags: `demo_settings.txt` (else demo.py's default fixture flags);
-* its images: `data/` with a meta file, else the ViP² fixture's `data/` (which fixtures without data
-  were made on); anomalib's `Folder` datamodules are laid out from the meta file's test split;
-* a method with a few-shot mode (`supports_few_shot`) also runs few-shot, with the flags of
-  `few_shot_settings.txt` added (required for such a method) and references drawn as `test.py
-  --k_shot 2` draws them, handed to both sides as a reference folder.
-
-The end-to-end checks (anomalib's Engine against test.py, the ONNX and OpenVINO exports, the
-example of docs/ANOMALIB.md) are marked slow.
+The cases (each registered method, and each few-shot mode, on its fixture) come from
+tests/fixture_cases.py, so a method registered later is covered with no edit here. The
+end-to-end checks (anomalib's Engine against test.py, the ONNX and OpenVINO exports, the example
+of docs/ANOMALIB.md) are marked slow.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +23,6 @@ import torch
 pytest.importorskip("anomalib", reason="anomalib is not installed: pip install -r requirements-anomalib.txt")
 
 from anomalib import LearningType  # noqa: E402
-from anomalib.data import Folder  # noqa: E402
 from anomalib.data.utils import read_image as anomalib_read_image  # noqa: E402
 from anomalib.data.utils import read_mask as anomalib_read_mask  # noqa: E402
 from anomalib.engine import Engine  # noqa: E402
@@ -46,17 +31,14 @@ from PIL import Image  # noqa: E402
 from torchvision import tv_tensors  # noqa: E402
 
 import dataset  # noqa: E402
-import demo  # noqa: E402
-from conftest import FIXTURE, ROOT, _clip_pt, run_script  # noqa: E402
+import fixture_cases  # noqa: E402
+from conftest import ROOT, _clip_pt, run_script  # noqa: E402
+from fixture_cases import CASE_IDS, CASES, REFERENCE_SHOTS, Case, model_class  # noqa: E402
 from integrations.anomalib_adapter import ADAPTERS, PILResize, learning_type_of, load_model  # noqa: E402
 from integrations.anomalib_adapter.modules import _drawn_references  # noqa: E402
-from models import create_model, fewshot, get_method, method_names  # noqa: E402
+from models import create_model, fewshot, method_names  # noqa: E402
 from models.base import normalize_images  # noqa: E402
 
-FIXTURES = ROOT / "tests" / "fixtures"
-SHARED_DATA = FIXTURE / "data"  # the images of fixtures that ship none (anomalyclip_tiny/README.md)
-FEW_SHOT_SETTINGS = "few_shot_settings.txt"
-REFERENCE_SHOTS = 2  # normal references per class in the few-shot cases
 MAP_TOLERANCE = 1e-5  # maps and image scores against test.py
 METRIC_TOLERANCE = 1e-6  # AUROC, AUPRO against test.py's results.json
 # AUPR, F1-max: anomalib accumulates their curves in float32 (measured: pixel AUPR 1.8e-6 off on the APRIL-GAN
@@ -64,112 +46,11 @@ METRIC_TOLERANCE = 1e-6  # AUROC, AUPRO against test.py's results.json
 FLOAT32_METRIC_TOLERANCE = 1e-5
 EXPORT_TOLERANCE = 1e-4  # ONNX Runtime / OpenVINO against PyTorch
 METRIC_PAIRS = {"image_AUROC": "image_auroc", "pixel_AUROC": "pixel_auroc", "pixel_AUPRO": "pixel_aupro",
-                "image_AUPR": "image_ap", "pixel_AUPR": "pixel_ap", "image_F1Max": "image_f1", "pixel_F1Max": "pixel_f1"}
-_REFERENCE_ROOT: list[Path] = []  # where the few-shot cases' reference folders are written (a session tmp dir)
-
-
-@dataclass(frozen=True)
-class Case:
-    """One method (zero- or few-shot) on its fixture: every fact the adapter's tests need, read from its files."""
-
-    method: str
-    few_shot: bool = False
-
-    @property
-    def id(self) -> str:
-        return self.method + ("-few_shot" if self.few_shot else "")
-
-    @property
-    def folder(self) -> Path:
-        folder = FIXTURES / f"{self.method}_tiny"
-        if not (folder / "clip_tiny.npz").is_file():
-            pytest.fail(f"--model {self.method}: {folder.relative_to(ROOT)}/clip_tiny.npz is missing; every registered "
-                        "method ships a tiny fixture (its CLIP; trained.pth or init.pth unless training-free; "
-                        "demo_settings.txt; data/ or the ViP² fixture's images)")
-        return folder
-
-    @property
-    def clip(self) -> Path:
-        return self.folder / "clip_tiny.npz"
-
-    @property
-    def checkpoint(self) -> Path | None:
-        return next((self.folder / name for name in ("trained.pth", "init.pth") if (self.folder / name).is_file()),
-                    None)
-
-    @property
-    def flags(self) -> list[str]:
-        flags = shlex.split(demo.fixture_settings(self.folder))
-        if self.few_shot:
-            extra = self.folder / FEW_SHOT_SETTINGS
-            if not extra.is_file():
-                pytest.fail(f"--model {self.method} has a few-shot mode: {extra.relative_to(ROOT)} must hold the "
-                            "model flags that turn it on for its fixture (e.g. the mode flag and the memory layers)")
-            flags += shlex.split(extra.read_text())
-        return flags
-
-    @property
-    def settings(self) -> dict:
-        return demo.settings_from_text(self.method, shlex.join(self.flags))
-
-    @property
-    def data(self) -> Path:
-        return self.folder / "data" if (self.folder / "data").is_dir() else SHARED_DATA
-
-    @cached_property
-    def samples(self) -> list:
-        return dataset.AnomalyDataset(self.data, self.settings.get("image_size", 224)).samples
-
-    @property
-    def classes(self) -> list[str]:
-        return list(dict.fromkeys(s.cls_name for s in self.samples))
-
-    @property
-    def references(self) -> Path | None:
-        """Few-shot: DIR/<class>/ holding the images `test.py --k_shot 2` draws (its seed), written once."""
-        if not self.few_shot:
-            return None
-        target = _REFERENCE_ROOT[0] / self.id
-        if not target.is_dir():
-            data = dataset.AnomalyDataset(self.data, self.settings.get("image_size", 224))
-            chosen = fewshot.choose(data, self.classes, REFERENCE_SHOTS, fewshot.DEFAULT_SEED)
-            for cls_name, paths in chosen.items():
-                (target / cls_name).mkdir(parents=True)
-                for i, path in enumerate(paths):
-                    shutil.copy(path, target / cls_name / f"{i}_{Path(path).name}")
-        return target
-
-    def folder_datamodule(self, cls_name: str) -> Folder:
-        """anomalib's `Folder` for one class, its directories read from the meta file's test (and train) split."""
-        test = [s for s in self.samples if s.cls_name == cls_name]
-
-        def parents(items) -> list[str]:
-            return sorted({str(Path(item).parent) for item in items if item})
-
-        try:
-            train = [s.img_path for s in dataset.AnomalyDataset(self.data, self.settings.get("image_size", 224), "train").samples
-                     if s.cls_name == cls_name and not s.anomaly]
-        except ValueError:  # no train split
-            train = []
-        normal_test = parents(s.img_path for s in test if not s.anomaly)
-        return Folder(name=cls_name, root=self.data, normal_dir=parents(train) or normal_test,
-                      normal_test_dir=normal_test, abnormal_dir=parents(s.img_path for s in test if s.anomaly),
-                      mask_dir=parents(s.mask_path for s in test if s.anomaly) or None, val_split_mode="same_as_test",
-                      eval_batch_size=1, num_workers=0)
-
-
-def _model_class(name: str):
-    return get_method(name).model_class()
-
-
-CASES = [Case(name) for name in method_names()] + [
-    Case(name, few_shot=True) for name in method_names() if getattr(_model_class(name), "supports_few_shot", False)]
-CASE_IDS = [case.id for case in CASES]
-
-
+                "image_AUPR": "image_ap", "pixel_AUPR": "pixel_ap", "image_F1Max": "image_f1",
+                "pixel_F1Max": "pixel_f1"}
 @pytest.fixture(scope="module", autouse=True)
 def reference_root(tmp_path_factory):
-    _REFERENCE_ROOT[:] = [tmp_path_factory.mktemp("references")]
+    fixture_cases.REFERENCE_ROOT[:] = [tmp_path_factory.mktemp("references")]
     yield
 
 
@@ -277,7 +158,7 @@ def test_export_preparation_holds_the_resize_weights(monkeypatch):
     from integrations.anomalib_adapter import pil_resize
 
     case = CASES[0]
-    model = adapter(case, class_name=case.classes[0] if _model_class(case.method).class_conditioned else None)
+    model = adapter(case, class_name=case.classes[0] if model_class(case.method).class_conditioned else None)
     image = torch.rand(2, 3, 90, 100)
     expected = model.pre_processor.export_transform(image)
     assert model.prepare_for_export((90, 100)) == (90, 100)
@@ -315,13 +196,13 @@ def test_finalize_outputs_is_the_methods_set_step(case):
 
 def test_a_class_conditioned_method_needs_its_class():
     """Without a class name and without a datamodule to take one from, a run refuses, naming class_name=."""
-    case = next((c for c in CASES if _model_class(c.method).class_conditioned and not c.few_shot), None)
+    case = next((c for c in CASES if model_class(c.method).class_conditioned and not c.few_shot), None)
     if case is None:
         pytest.skip("no registered method names the class in its prompts")
     model = adapter(case)
     with pytest.raises(ValueError, match="class_name="):
         model.setup("predict")
-    others = [c for c in CASES if not _model_class(c.method).class_conditioned and not c.few_shot]
+    others = [c for c in CASES if not model_class(c.method).class_conditioned and not c.few_shot]
     if others:
         with pytest.raises(ValueError, match="drop class_name="):
             adapter(others[0], class_name="bottle")
@@ -407,7 +288,17 @@ def test_engine_test_gives_test_py_numbers(script_run, tmp_path):
         assert torch.isfinite(model.post_processor.image_threshold), "validation on the test set set thresholds"
         for key, value in diffs.items():
             worst[key] = max(worst.get(key, 0.0), float(value))
-    print(f"{case.id}: anomalib Engine.test vs test.py, max abs: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+    print(f"{case.id}: anomalib Engine.test vs test.py, max abs: " + ", ".join(f"{k} {v:.1e}"
+                                                                              for k, v in worst.items()))
+
+
+def _compare(label: str, outputs: dict, expected) -> None:
+    """An exported graph's outputs against the adapter's PyTorch ones, the differences printed (pytest -s)."""
+    print(f"{label} vs PyTorch: " + ", ".join(
+        f"{key} {np.abs(outputs[key] - getattr(expected, key).numpy()).max():.2e}" for key in ("anomaly_map",
+                                                                                               "pred_score")))
+    for key in ("anomaly_map", "pred_score"):
+        np.testing.assert_allclose(outputs[key], getattr(expected, key).numpy(), rtol=0, atol=EXPORT_TOLERANCE)
 
 
 def _class_bound(case: Case):
@@ -437,10 +328,7 @@ def test_anomalib_onnx_export_runs_in_onnxruntime(case, tmp_path):
                              dataset.resize_image(Image.open(path).convert("RGB").transpose(Image.FLIP_LEFT_RIGHT),
                                                   model.image_size)])
         repository_maps, repository_scores = _reference_model(case, case.classes[0])(uint8, *([names] if names else []))
-    print(f"{case.id}: ONNX Runtime vs PyTorch: maps {np.abs(outputs['anomaly_map'] - expected.anomaly_map.numpy()).max():.2e}"
-          f", scores {np.abs(outputs['pred_score'] - expected.pred_score.numpy()).max():.2e}")
-    np.testing.assert_allclose(outputs["anomaly_map"], expected.anomaly_map.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
-    np.testing.assert_allclose(outputs["pred_score"], expected.pred_score.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
+    _compare(f"{case.id}: ONNX Runtime", outputs, expected)
     np.testing.assert_allclose(outputs["anomaly_map"], repository_maps.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
     np.testing.assert_allclose(outputs["pred_score"], repository_scores.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
 
@@ -496,7 +384,4 @@ def test_anomalib_openvino_export_runs(case, tmp_path):
     outputs = {port.get_any_name(): value for port, value in result.items()}
     with torch.no_grad():
         expected = model(batch)
-    print(f"{case.id}: OpenVINO vs PyTorch: maps {np.abs(outputs['anomaly_map'] - expected.anomaly_map.numpy()).max():.2e}"
-          f", scores {np.abs(outputs['pred_score'] - expected.pred_score.numpy()).max():.2e}")
-    np.testing.assert_allclose(outputs["anomaly_map"], expected.anomaly_map.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
-    np.testing.assert_allclose(outputs["pred_score"], expected.pred_score.numpy(), rtol=0, atol=EXPORT_TOLERANCE)
+    _compare(f"{case.id}: OpenVINO", outputs, expected)
