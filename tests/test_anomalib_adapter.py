@@ -334,13 +334,22 @@ def test_anomalib_onnx_export_runs_in_onnxruntime(case, tmp_path):
 
 
 def docs_example() -> str:
-    text = (ROOT / "docs" / "ANOMALIB.md").read_text()
-    return re.search(r"## Checkpoint in, maps and scores out\n\n```python\n(.*?)```", text, re.S).group(1)
+    """The README's example (its deploy part), which docs/ANOMALIB.md repeats word for word."""
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"### From anomalib\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    page = (ROOT / "docs" / "ANOMALIB.md").read_text()
+    assert re.search(r"## Checkpoint in, maps and scores out\n\n```python\n(.*?)```", page, re.S).group(1) == code, \
+        "docs/ANOMALIB.md's example differs from the README's"
+    return code
+
+
+def test_readme_example_is_short_and_repeated_on_the_docs_page():
+    assert len(docs_example().strip().splitlines()) <= 10
 
 
 @pytest.mark.slow
 def test_docs_example_runs_as_written(tmp_path):
-    """The example of docs/ANOMALIB.md, unchanged, in a folder holding the files it names (a checkpoint train.py's
+    """The README's example (and docs/ANOMALIB.md's), unchanged, in a folder holding the files it names (a checkpoint train.py's
     way, the fixture's CLIP under OpenAI's file name, a folder of photos); its scores are the model's."""
     from models.checkpoint import save_checkpoint
 
