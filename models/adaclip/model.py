@@ -12,7 +12,7 @@ from ..checkpoint import CheckpointError, check_state
 from ..losses import dice_loss, focal_loss
 from .config import ADAMW_BETAS, HSF_ALPHA, LOGIT_SCALE
 from .fusion import hybrid_semantic_fusion
-from .prompts import Learnable, block_context, text_features
+from .prompts import Learnable, block_context, class_tokens, text_features
 
 PREFIX = "clip_model."  # the reference saves its trainer's state dict: the model sits under `clip_model`
 PROJECT_KEYS = ("method", "settings", "epoch", "format", "clip_fingerprint")  # what save_checkpoint adds
@@ -40,6 +40,7 @@ class AdaCLIP(AnomalyModel):
                                    self.backbone.embed_dim, len(self.output_layers))
         self._text_cache: dict[str, torch.Tensor] = {}  # `*_cache`: export.py empties it before tracing
         self.bound_class: str | None = None
+        self.tokenized: dict = {}  # class name -> its sentences' tokens (prompts.class_tokens), kept
         self.global_batch_size = 1  # of the training run (configure_training): it decides the dice's grouping
 
     @property
@@ -51,6 +52,8 @@ class AdaCLIP(AnomalyModel):
     def bind_class(self, cls_name: str) -> None:
         """The class every image of a run without class names is taken to be (predict.py, exported files)."""
         self.bound_class = cls_name
+        if cls_name not in self.tokenized:
+            self.tokenized[cls_name] = class_tokens(cls_name)
 
     def _classes(self, cls_names, count: int) -> list[str] | str:
         """Each image's class, or one name for the whole batch (then nothing depends on its size)."""
@@ -112,7 +115,7 @@ class AdaCLIP(AnomalyModel):
         dynamic_visual, dynamic_text = self.dynamic_prompts(images)
         embedding, taps = self.prompted_vision(images, dynamic_visual)
         text = text_features(self.backbone, self.learnable, self.config, names, images.shape[0], dynamic_text,
-                             self._text_cache)
+                             self._text_cache, self.tokenized)
         patches = []
         for fc, tokens in zip(self.learnable.patch_token_layer.head, taps):
             projected = fc(tokens[:, 1:])

@@ -6,7 +6,6 @@ so its gradient is rounded to float16 too.
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -85,7 +84,6 @@ class Tokens(NamedTuple):
     cut: int  # the stream is cut after the last end-of-text token
 
 
-@functools.lru_cache(maxsize=None)
 def class_tokens(cls_name: str) -> Tokens:
     from prompt_ensemble import tokenize
 
@@ -126,10 +124,12 @@ def encode_sentences(backbone, tokens: Tokens, contexts, groups: int = 1) -> tor
 
 
 def text_features(backbone, learnable: Learnable, config, cls_names, count: int,
-                  dynamic: torch.Tensor | None, cache: dict) -> torch.Tensor:
+                  dynamic: torch.Tensor | None, cache: dict, tokenized: dict) -> torch.Tensor:
     """`[N, E, 2]`, L2-normalised over E, for `count` images of classes `cls_names` (a list, one per image, or
     one name for all, which keeps the batch size free for export): per image when the text prompts are
-    dynamic, else per class (`cache`d when the text tower carries no prompts)."""
+    dynamic, else per class (`cache`d when the text tower carries no prompts). `tokenized`: class name ->
+    Tokens, filled on first use (a class bound before an export is tokenised before tracing: the tokenizer's
+    text handling cannot be traced)."""
     device = backbone.clip.text_projection.device
     static = getattr(learnable, "text_prompter", None) if config.text_prompts else None
     per_image = config.text_prompts and dynamic is not None
@@ -139,7 +139,9 @@ def text_features(backbone, learnable: Learnable, config, cls_names, count: int,
         """`[G, E, 2]` for the images `images` (a slice or index list) of class `name`; G = 1 unless per image."""
         if not config.text_prompts and name in cache and cache[name].device == device:
             return cache[name]
-        tokens = class_tokens(name)
+        if name not in tokenized:
+            tokenized[name] = class_tokens(name)
+        tokens = tokenized[name]
         sentences_count = tokens.ids.shape[0]
         if per_image:
             chosen = dynamic[images]
