@@ -5,6 +5,7 @@
 #   METHOD=anomalyclip:    the VisA-trained model on MVTec AD, the MVTec-trained one on every other dataset.
 #   METHOD=aprilgan:       the VisA-trained model on MVTec AD, the MVTec-trained one on VisA (zero-shot; few-shot:
 #                          EXTRA_ARGS="--mode few_shot --k_shot 4").
+#   METHOD=adaclip:        the VisA-trained model on MVTec AD and ColonDB, the MVTec-trained one on every other dataset.
 # Which checkpoint evaluates which dataset comes from the method's paper (`python -m models.paper $METHOD test`);
 # every setting comes from the checkpoint. Datasets without a meta file are skipped with a note; the
 # script fails when nothing at all was evaluated.
