@@ -174,6 +174,9 @@ def _train(args, method, training, resolved, save_path, to_remove, data, validat
     save_path = staging or save_path
     logger = setup_logger("zsas.train", save_path if context.is_main else None, quiet=not context.is_main)
     label = "+".join(labels)
+    if args.augment_datasets and dataset.augmentation is None:
+        logger.warning("--augment_datasets %s changes nothing: %s trains without augmentation with these settings",
+                       " ".join(args.augment_datasets), method.title)
     if dataset.anomalous_count == 0:
         logger.warning("%s has no anomalous image in its %s split: the pixel losses have no defect to learn from",
                        dataset.meta_path, TRAIN_SPLIT)

@@ -117,9 +117,10 @@ def _adaclip_train(save_path, *data_flags, extra=()):
 @pytest.mark.slow
 def test_two_roots_train_as_their_images_in_one_root(roots, tmp_path):
     """Two roots (the feature cache on) take the steps of one root holding both datasets' images in that order
-    (the cache off); the checkpoint and train_stats.json record both datasets."""
+    (the cache off); the checkpoint and train_stats.json record both datasets. --augment_datasets without any
+    augmentation (AdaCLIP's default --aug_rate -1) changes nothing, and says so."""
     both = _adaclip_train(tmp_path / "both", "--train_data_path", *roots, "--dataset", "mvtec", "colondb",
-                          extra=("--cache_features", "cpu"))
+                          "--augment_datasets", "mvtec", extra=("--cache_features", "cpu"))
     merged = _merged_root(roots, tmp_path / "merged")
     _adaclip_train(tmp_path / "one", "--train_data_path", merged, extra=("--cache_features", "off"))
     losses = [json.loads((tmp_path / name / "losses.json").read_text()) for name in ("both", "one")]
@@ -128,6 +129,7 @@ def test_two_roots_train_as_their_images_in_one_root(roots, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     log = (tmp_path / "both" / "log.txt").read_text()
     assert "(mvtec+colondb, 12 images, 3 classes)" in log and "feature cache: cpu" in log
+    assert "--augment_datasets mvtec changes nothing: AdaCLIP trains without augmentation" in log
     checkpoint = torch.load(tmp_path / "both" / "epoch_2.pth", weights_only=True)
     assert [(d["dataset"], d["images"], d["augmented"]) for d in checkpoint["training_data"]] == [
         ("mvtec", 8, False), ("colondb", 4, False)]
