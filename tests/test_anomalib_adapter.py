@@ -289,11 +289,13 @@ def test_docs_example_runs_as_written(tmp_path):
 @pytest.mark.slow
 def test_anomalib_openvino_export_runs(tmp_path):
     """anomalib's to_openvino of the adapter (through its ONNX export), run by OpenVINO in float32."""
-    ov = pytest.importorskip("openvino", reason="openvino is not installed (requirements-deploy.txt)")
+    pytest.importorskip("openvino", reason="openvino is not installed (requirements-deploy.txt)")
     case = "vcp"  # the method whose export holds the most (two branches, deep prompts); ONNX covers every fixture
     model = adapter(case).eval()
     xml = model.to_openvino(tmp_path)
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from deploy.runners import openvino_core  # one Core per process (its docstring says why)
+
+    compiled = openvino_core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     paths = sorted(CASES[case]["classes"].rglob("*.bmp"))[:2]
     batch = torch.stack([dataset.read_image(path, model.image_size)[0] for path in paths]).float() / 255
     result = compiled(batch.numpy())
