@@ -13,6 +13,7 @@ wrote into it (`ModelInfo`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -200,7 +201,7 @@ class OpenVinoRunner(Runner):
         except ImportError:
             raise ExportedModelError(f"{path}: running an OpenVINO model needs OpenVINO: pip install openvino") \
                 from None
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(path))
         except Exception as error:
@@ -226,6 +227,18 @@ class OpenVinoRunner(Runner):
     def __call__(self, images: np.ndarray) -> InferenceBatch:
         result = self.compiled(np.ascontiguousarray(images, np.uint8))
         return InferenceBatch(*(result[output] for output in self.outputs))
+
+
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO Core, never released before exit. Each Core loads its own CPU plugin, which
+    swaps the calling thread's signal stack for one it maps and, when released, puts the previous one back only
+    if its own is still current: two Cores released in the order they were made leave the thread on an unmapped
+    stack, and the next signal a Python handler catches (SIGCHLD once a DataLoader had workers, SIGINT) kills the
+    process with a bare SIGSEGV (docs/TESTING.md). Raises ImportError without OpenVINO."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def read_openvino_metadata(model) -> dict[str, str]:

@@ -56,7 +56,7 @@ def test_every_demo_flag_is_documented():
 def test_setup_commands_match_ci():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install -r requirements.txt" in README and "-r requirements.txt" in ci
-    assert "bash tests/run_all.sh" in README and "bash tests/run_all.sh" in ci
+    assert "python -m pytest -q tests" in README and "pytest -q tests" in ci
     quick = 'python -m pytest -q -m "not slow" tests'
     assert quick in README and "slow:" in (ROOT / "pytest.ini").read_text()
 
