@@ -54,7 +54,6 @@ class WinCLIP(AnomalyModel):
     positional_interpolation = "bicubic-antialias"  # open_clip's own; anomalib never resizes (240 px tower at 240)
     class_conditioned = True
     supports_few_shot = True
-    trainable = False  # nothing to train: train.py refuses it, test.py and predict.py need no checkpoint
     references_switch_few_shot = True  # --k_shot / --reference_dir alone turn WinCLIP+ on (anomalib's k_shot)
     generic_class_name = GENERIC_CLASS_NAME
 
