@@ -103,15 +103,16 @@ class WinCLIP(AnomalyModel):
         self._text_cache[cls_name] = torch.stack(states)
         return self._text_cache[cls_name]
 
-    def _classes(self, cls_names, count: int) -> list[str]:
+    def _classes(self, cls_names, count: int) -> list[str] | str:
+        """Each image's class, or one class name (str) for the whole batch (then nothing depends on its size)."""
         if cls_names is not None:
             if len(cls_names) != count:
                 raise ValueError(f"{len(cls_names)} class names for {count} images")
             names = [name or self._generic("an image without a class name") for name in cls_names]
-            return names
+            return names[0] if len(set(names)) == 1 else names
         if self.bound_class is None:
             self.bind_class(self._generic("no class name given"))
-        return [self.bound_class] * count
+        return self.bound_class
 
     def _generic(self, why: str) -> str:
         log.info("WinCLIP prompts name the object class; %s: the generic %r is used", why, self.generic_class_name)
@@ -178,22 +179,29 @@ class WinCLIP(AnomalyModel):
     def predict(self, images: torch.Tensor, cls_names=None) -> tuple[torch.Tensor, torch.Tensor]:
         names = self._classes(cls_names, images.shape[0])
         image, windows, patches = self.encode(images)
-        maps = image.new_empty(images.shape[0], self.grid * self.grid)
-        scores = image.new_empty(images.shape[0])
-        for name in dict.fromkeys(names):  # one pass per class of the batch (its text, its memory)
-            rows = [i for i, n in enumerate(names) if n == name]
-            pick = slice(None) if len(rows) == len(names) else torch.tensor(rows, device=images.device)
-            text = self.class_text(name)
-            score = self.anomalous_probability(image[pick], text)
-            grid_map = self.zero_shot_map(score, [w[pick] for w in windows], text)
-            if self.few_shot:
-                few = self.few_shot_map([w[pick] for w in windows], patches[pick], name)
-                grid_map = (grid_map + few) / 2
-                score = (score + few.amax(dim=-1)) / 2
-            maps[pick], scores[pick] = grid_map, score
+        if isinstance(names, str):
+            maps, scores = self.grid_scores(image, windows, patches, names)
+        else:
+            maps = image.new_empty(images.shape[0], self.grid * self.grid)
+            scores = image.new_empty(images.shape[0])
+            for name in dict.fromkeys(names):  # one pass per class of the batch (its text, its memory)
+                pick = torch.tensor([i for i, n in enumerate(names) if n == name], device=images.device)
+                maps[pick], scores[pick] = self.grid_scores(image[pick], [w[pick] for w in windows], patches[pick],
+                                                            name)
         side = self.config.image_size
         maps = F.interpolate(maps.reshape(-1, 1, self.grid, self.grid), size=(side, side), mode="bilinear")
         return maps[:, 0], scores
+
+    def grid_scores(self, image, windows, patches, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images of one class: (map on the patch grid `[N, L]`, image score `[N]`), WinCLIP+ fused when on."""
+        text = self.class_text(name)
+        score = self.anomalous_probability(image, text)
+        grid_map = self.zero_shot_map(score, windows, text)
+        if self.few_shot:
+            few = self.few_shot_map(windows, patches, name)
+            grid_map = (grid_map + few) / 2
+            score = (score + few.amax(dim=-1)) / 2
+        return grid_map, score
 
     # ------------------------------------------------------------------ WinCLIP+ memory (SPEC_WINCLIP §5)
     @torch.no_grad()
