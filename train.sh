@@ -4,6 +4,7 @@
 #   METHOD=vcp:            VCP-CLIP on VisA (lr 4e-5, no mosaic) and on MVTec AD (lr 2e-5), SPEC_VCP §6, §12.
 #   METHOD=anomalyclip:    AnomalyCLIP on VisA (for MVTec AD) and on MVTec AD (for every other dataset), SPEC_ANOMALYCLIP §7.
 #   METHOD=aprilgan:       APRIL-GAN on MVTec AD (3 epochs, mosaic 0.2) and on VisA (15 epochs), SPEC_APRILGAN §6.
+#   METHOD=winclip:        nothing: WinCLIP is training-free (test.sh evaluates it as it is).
 # The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); every
 # other setting is the method's default, which is the paper's (`python train.py --model $METHOD --help`).
 # Edit the variables below, or set them in the environment:
@@ -24,6 +25,10 @@ GPUS=${GPUS:-}                                 # e.g. 0,1: the trainings side by
 source ./scripts_common.sh
 
 protocol=$("$PYTHON" -m models.paper "$METHOD" train)
+if [[ -z "$protocol" ]]; then  # a training-free method's paper names no training run
+    echo "train.sh: $METHOD is training-free: nothing to train (evaluate it with test.sh)"
+    exit 0
+fi
 while read -r auxiliary flags; do
     data=$(data_path "$auxiliary")
     # shellcheck disable=SC2086  # $flags, $EXTRA_ARGS and the launcher are lists of words
