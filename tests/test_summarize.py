@@ -155,3 +155,19 @@ def test_download_folder_names_match_the_paper_and_unknown_labels_are_reported(t
     (folder / "results.json").write_text(json.dumps({"dataset": "my_parts", "metrics": {"mean": {"image_auroc": 0.5}}}))
     summarize.gather(tmp_path, warn=messages.append)
     assert any("'my_parts' is not one of the ViP²-CLIP paper's datasets" in m for m in messages)
+
+
+def test_a_training_free_method_against_its_paper(tmp_path):
+    """WinCLIP's own table: its paper's rows beside the run, the run's source said to need no checkpoint."""
+    path = write_results(tmp_path / "winclip" / "visa", "visa", MVTEC)
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "method": "winclip", "checkpoint": ""}))
+    summary = summarize.main([str(tmp_path / "winclip"), "--model", "winclip"])
+    paper = get_method("winclip").paper_tables()
+    heading = paper.tables["zero_shot"][0]
+    rows = table_rows(summary, heading)
+    assert rows[0][:2] == ["VisA", "this run"] and rows[1][1] == "paper"
+    columns = paper.tables["zero_shot"][1]
+    assert row_values(rows[1]) == [paper.rows["visa"].values[c] for c in columns]
+    assert row_values(rows[0])[columns.index("pixel_auroc")] == pytest.approx(MVTEC["pixel_auroc"] * 100, abs=0.05)
+    assert "no checkpoint (training-free)" in summary
