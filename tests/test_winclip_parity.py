@@ -182,3 +182,25 @@ def test_train_refuses_and_test_refuses_a_checkpoint(tmp_path, config):
     tested = run_script("test.py", *_test_command(config, tmp_path / "out", tmp_path / "m.npz", "--checkpoint_path",
                                                   FIXTURE / "expected.npz"), check=False)
     assert tested.returncode != 0 and "training-free and reads no checkpoint" in tested.stderr
+
+
+@pytest.mark.slow
+def test_test_command_under_torchrun_and_in_bf16(tmp_path, expected, config):
+    """torchrun, 2 processes (each rank half of the images, every rank the same drawn references): the fixture's
+    values; bf16 autocast: within 1e-2 of them (it rounds every matmul)."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "test.py"), *map(str, _test_command(config, tmp_path / "out", tmp_path / "m.npz", "--k_shot",
+                                                              config["k_shot"], "--seed", config["seed"],
+                                                              "--batch_size", 2))]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check(tmp_path / "m.npz", "few_shot", expected)
+    run_script("test.py", *_test_command(config, tmp_path / "bf16", tmp_path / "bf16.npz", "--precision", "bf16"))
+    saved = np.load(tmp_path / "bf16.npz")
+    np.testing.assert_allclose(saved["anomaly_maps"], expected["zero_shot_maps"], atol=1e-2, rtol=0)
+    np.testing.assert_allclose(saved["image_scores"], expected["zero_shot_scores"], atol=1e-2, rtol=0)
