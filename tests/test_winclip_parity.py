@@ -51,6 +51,18 @@ def _model(clip, config, **settings):
     return create_model("winclip", clip=clip, **settings)
 
 
+@pytest.fixture(scope="module")
+def zero_shot_model(clip, config):
+    return _model(clip, config)
+
+
+@pytest.fixture(scope="module")
+def few_shot_model(clip, config, expected):
+    model = _model(clip, config)
+    _set_references(model, expected, config)
+    return model
+
+
 def _set_references(model, expected, config):
     from dataset import read_image
 
@@ -65,30 +77,27 @@ def test_fixture_order(batch, expected):
     assert list(batch["cls_name"]) == expected["json"]["cls_names"]
 
 
-def test_zero_shot_maps_and_scores(clip, batch, expected, config):
+def test_zero_shot_maps_and_scores(zero_shot_model, batch, expected):
     with torch.no_grad():
-        maps, scores = _model(clip, config)(batch["img"], list(batch["cls_name"]))
+        maps, scores = zero_shot_model(batch["img"], list(batch["cls_name"]))
     np.testing.assert_allclose(maps.numpy(), expected["zero_shot_maps"], atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(scores.numpy(), expected["zero_shot_scores"], atol=TOLERANCE, rtol=0)
     # the maps vary within each image far beyond the tolerance: the windows are seen, not a constant
     assert (np.ptp(expected["zero_shot_maps"].reshape(6, -1), axis=1) > 100 * TOLERANCE).all()
 
 
-def test_few_shot_maps_and_scores(clip, batch, expected, config):
-    model = _model(clip, config)
-    _set_references(model, expected, config)
-    assert model.few_shot
+def test_few_shot_maps_and_scores(few_shot_model, batch, expected):
+    assert few_shot_model.few_shot
     with torch.no_grad():
-        maps, scores = model(batch["img"], list(batch["cls_name"]))
+        maps, scores = few_shot_model(batch["img"], list(batch["cls_name"]))
     np.testing.assert_allclose(maps.numpy(), expected["few_shot_maps"], atol=TOLERANCE, rtol=0)
     np.testing.assert_allclose(scores.numpy(), expected["few_shot_scores"], atol=TOLERANCE, rtol=0)
 
 
-def test_an_image_scores_the_same_alone_and_in_a_mixed_batch(clip, batch, config):
-    model = _model(clip, config)
+def test_an_image_scores_the_same_alone_and_in_a_mixed_batch(few_shot_model, batch):
     with torch.no_grad():
-        together, _ = model(batch["img"], list(batch["cls_name"]))
-        alone, _ = model(batch["img"][-1:], [batch["cls_name"][-1]])
+        together, _ = few_shot_model(batch["img"], list(batch["cls_name"]))
+        alone, _ = few_shot_model(batch["img"][-1:], [batch["cls_name"][-1]])
     torch.testing.assert_close(alone[0], together[-1], atol=1e-6, rtol=0)
 
 
@@ -123,12 +132,10 @@ def test_without_a_class_name_the_prompts_say_object(clip, config, caplog):
     torch.testing.assert_close(unnamed, named, atol=0, rtol=0)
 
 
-def test_a_class_without_references_is_named(clip, config, expected):
-    model = _model(clip, config)
-    _set_references(model, expected, config)
+def test_a_class_without_references_is_named(few_shot_model, config):
     images = torch.zeros(1, 3, config["image_size"], config["image_size"], dtype=torch.uint8)
     with pytest.raises(ValueError, match="no reference images for class 'screw'"):
-        model(images, ["screw"])
+        few_shot_model(images, ["screw"])
 
 
 # ---------------------------------------------------------------------------------------------- command lines
