@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+MODES = ("zero_shot", "few_shot")  # the --mode values of the methods with a few-shot mode
 DEFAULT_K_SHOT = 4  # the released APRIL-GAN test_few_shot.sh
 DEFAULT_SEED = 42  # idem
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}

@@ -153,3 +153,12 @@ def test_export_keeps_the_memory_inside_and_matches_pytorch(clip, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / "onnx" / got["map"]), np.load(tmp_path / "torch" / want["map"]),
                                    atol=TOLERANCE, rtol=0)
     assert json.loads(json.dumps(runner.info.bound))
+
+
+def test_mode_few_shot_draws_the_default_k_shot(clip):
+    from dataset import AnomalyDataset
+    from models import create_model, fewshot
+
+    model = create_model("winclip", clip=clip, image_size=SIZE, mode="few_shot")
+    used = fewshot.prepare(model, _args(), AnomalyDataset(FIXTURE / "data", SIZE), "cpu")
+    assert model.few_shot and all(len(paths) == 3 for paths in used.values())  # all 3 train images (< the default 4)

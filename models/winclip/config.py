@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from utils import non_negative_float, positive_int
 
 from ..constants import CLIP_TEMPERATURE
+from ..fewshot import MODES
 from ..settings import at_least, non_empty, setting, setting_problems
 
 GENERIC_CLASS_NAME = "object"  # anomalib's word for a class it has no name for
@@ -26,12 +27,16 @@ class WinCLIPConfig:
                 "small and mid scales)", type=positive_int, nargs="+", check=non_empty)
     temperature: float = setting(CLIP_TEMPERATURE, "softmax temperature of the image/window-to-text cosine "
                                  "similarities", type=float, check=_positive)
+    mode: str = setting("zero_shot", "zero_shot, or few_shot (WinCLIP+; --k_shot / --reference_dir alone also "
+                                     "turn it on)", kind="test", choices=MODES)
     sigma: float = setting(0.0, "sigma of a Gaussian smoothing of the maps, in pixels (0: none, as anomalib's "
                                 "model)", kind="test", type=non_negative_float)
 
     def __post_init__(self):
         self.scales = tuple(int(x) for x in self.scales)
         problems = setting_problems(self)
+        if self.mode not in MODES:
+            problems.append(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if len(set(self.scales)) != len(self.scales):
             problems.append(f"--scales {list(self.scales)} repeats a window size")
         if problems:

@@ -80,7 +80,7 @@ class WinCLIP(AnomalyModel):
 
     @property
     def few_shot(self) -> bool:
-        return self.few_shot_requested or bool(self.reference_classes)
+        return self.config.mode == "few_shot" or self.few_shot_requested or bool(self.reference_classes)
 
     def bind_class(self, cls_name: str) -> None:
         """The class every image of a run without class names is taken to be (predict.py, exported files)."""
