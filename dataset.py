@@ -401,6 +401,8 @@ class AnomalyDataset(torch.utils.data.Dataset):
         return image, mask
 
     def _mosaic_pool_has(self, cls_name: str, pool: str) -> bool:
+        if pool == "distinct_items":  # random.sample of four: a class with fewer items gets no mosaic
+            return sum(len(v) for v in self._species_of_class[cls_name].values()) >= 4
         return bool(self._anomalous_of_class.get(cls_name)) if pool == "anomalous" else True
 
     def _mosaic_pick(self, cls_name: str, pool: str) -> int:
@@ -418,7 +420,12 @@ class AnomalyDataset(torch.utils.data.Dataset):
                     sample.cls_name, augmentation.mosaic_pool):
                 from engine.augment import mosaic
 
-                picks = [self.samples[self._mosaic_pick(sample.cls_name, augmentation.mosaic_pool)] for _ in range(4)]
+                if augmentation.mosaic_pool == "distinct_items":
+                    items = sorted(i for v in self._species_of_class[sample.cls_name].values() for i in v)
+                    picks = [self.samples[i] for i in random.sample(items, 4)]
+                else:
+                    picks = [self.samples[self._mosaic_pick(sample.cls_name, augmentation.mosaic_pool)]
+                             for _ in range(4)]
                 image, mask = mosaic(*zip(*(self._decode(pick) for pick in picks)))
             image, mask = augmentation.photometric(image, mask)
         return {"img": resize_image(image, self.image_size), "img_mask": resize_mask(mask, self.image_size),

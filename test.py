@@ -248,6 +248,8 @@ def smoke(args) -> dict:
     """Synthetic data + tiny random CLIP: train one epoch, then evaluate, all in a temporary folder."""
     import torch
 
+    import dataclasses
+
     import train
     from generate_dataset_json.synthetic import make_synthetic_dataset
     from models.clip_loader import random_clip_state_dict
@@ -256,12 +258,14 @@ def smoke(args) -> dict:
         folder = Path(folder)
         make_synthetic_dataset(folder / "data", seed=0)
         torch.save(random_clip_state_dict("tiny", seed=0), folder / "clip_tiny.pt")
+        has_layers = any(f.name == "features_list" for f in dataclasses.fields(get_method(args.model).config))
+        layers = ["--features_list", *SMOKE_LAYERS] if has_layers else []  # AdaCLIP's follow the tower
         common = ["--model", args.model, "--clip_weights", str(folder / "clip_tiny.pt"), "--device", args.device,
                   "--num_workers", "0"]
         if get_method(args.model).trains:
             checkpoint = train.main(["--train_data_path", str(folder / "data"), "--save_path", str(folder / "ckpt"),
                                      "--epoch", "1", "--dataset", "synthetic", "--image_size", str(SMOKE_IMAGE_SIZE),
-                                     "--features_list", *SMOKE_LAYERS, *common])
+                                     *layers, *common])
             model = ["--checkpoint_path", str(checkpoint)]
         else:  # training-free: evaluated as it is
             model = ["--image_size", str(SMOKE_IMAGE_SIZE)]

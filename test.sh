@@ -5,6 +5,7 @@
 #   METHOD=anomalyclip:    the VisA-trained model on MVTec AD, the MVTec-trained one on every other dataset.
 #   METHOD=aprilgan:       the VisA-trained model on MVTec AD, the MVTec-trained one on VisA (zero-shot; few-shot:
 #                          EXTRA_ARGS="--mode few_shot --k_shot 4").
+#   METHOD=adaclip:        the VisA-trained model on MVTec AD and ColonDB, the MVTec-trained one on every other dataset.
 #   METHOD=winclip:        training-free, MVTec AD and VisA as they are (WinCLIP+: EXTRA_ARGS="--k_shot 4"); its
 #                          numbers need CLIP_WEIGHTS=the laion400m_e31 ViT-B-16-plus-240 file (SPEC_WINCLIP §1).
 # Which checkpoint evaluates which dataset comes from the method's paper (`python -m models.paper $METHOD test`);

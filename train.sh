@@ -4,6 +4,7 @@
 #   METHOD=vcp:            VCP-CLIP on VisA (lr 4e-5, no mosaic) and on MVTec AD (lr 2e-5), SPEC_VCP §6, §12.
 #   METHOD=anomalyclip:    AnomalyCLIP on VisA (for MVTec AD) and on MVTec AD (for every other dataset), SPEC_ANOMALYCLIP §7.
 #   METHOD=aprilgan:       APRIL-GAN on MVTec AD (3 epochs, mosaic 0.2) and on VisA (15 epochs), SPEC_APRILGAN §6.
+#   METHOD=adaclip:        AdaCLIP on MVTec AD (mosaic 0.2) and on VisA (the authors add ColonDB / ClinicDB: not here), SPEC_ADACLIP §7.
 #   METHOD=winclip:        nothing: WinCLIP is training-free (test.sh evaluates it as it is).
 # The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); every
 # other setting is the method's default, which is the paper's (`python train.py --model $METHOD --help`).

@@ -54,6 +54,18 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "t", "1"), ("false", "no", "f", "0")
+
+
+def boolean(text: str) -> bool:
+    """argparse type of a flag that takes True/False (AdaCLIP's `--use_hsf False`). The authors' str2bool
+    reads any other word as False; here it is an error."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS + FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise argparse.ArgumentTypeError(f"must be True or False, got {text}")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the module docstring's layout and shows each flag's default where it has a real one."""
 

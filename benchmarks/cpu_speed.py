@@ -79,9 +79,10 @@ def prepare(work: Path, method: str, arch: str, images: int, image_px: int, imag
         quick_gelu = get_method(method).model_class().quick_gelu
         clip = build_clip(torch.load(weights, weights_only=True), quick_gelu=quick_gelu)
         depth = len(clip.visual.transformer.resblocks)  # each method's default layers are ViT-L's (24 blocks)
-        layers = tuple(depth * layer // 24 for layer in get_method(method).config().features_list)
-        save_checkpoint(checkpoint, create_model(method, clip=clip, features_list=layers, image_size=image_size),
-                        epoch=0)
+        defaults = get_method(method).config()
+        layers = ({"features_list": tuple(depth * layer // 24 for layer in defaults.features_list)}
+                  if hasattr(defaults, "features_list") else {})  # AdaCLIP's follow the tower by themselves
+        save_checkpoint(checkpoint, create_model(method, clip=clip, image_size=image_size, **layers), epoch=0)
     return data, weights, checkpoint
 
 

@@ -10,6 +10,7 @@ resize of SPEC_VCP §8, as in the reference:
   paths; here they come from the class's anomalous items in the meta file, for any dataset.
   APRIL-GAN's mosaic (`mosaic_pool="any_defect_type"`, SPEC_APRILGAN §6) draws each of the four
   from a random defect type of the class, `good` included, then a random image of that type.
+  AdaCLIP's (`mosaic_pool="distinct_items"`, SPEC_ADACLIP §7) draws four different items of the class.
 * albumentations (on unless `--no_albumentations`): Rotate(30°, p .5), RandomRotate90
   (p .5), RandomBrightnessContrast (p .5), GaussNoise (p .5), one of Blur(3) / ColorJitter /
   GaussianBlur (p .5); the rotations move the mask too.
@@ -56,7 +57,7 @@ def mosaic(images: list[Image.Image], masks: list[np.ndarray]) -> tuple[Image.Im
     return canvas, np.asarray(mask_canvas) > 0
 
 
-MOSAIC_POOLS = ("anomalous", "any_defect_type")
+MOSAIC_POOLS = ("anomalous", "any_defect_type", "distinct_items")
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Augmentation:
     mosaic_rate: float = -1.0
     albumentations: bool = False
     # Where the mosaic's four images come from: "anomalous" (VCP-CLIP: the class's anomalous items) or
-    # "any_defect_type" (APRIL-GAN: a random defect type of the class, `good` included, then a random image of it).
+    # "any_defect_type" (APRIL-GAN: a random defect type of the class, `good` included, then a random image of it)
+    # or "distinct_items" (AdaCLIP: four different items of the class, `random.sample`).
     mosaic_pool: str = "anomalous"
     _pipeline: object = field(default=None, init=False, repr=False, compare=False)
     _seeded_for: int | None = field(default=None, init=False, repr=False, compare=False)

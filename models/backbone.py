@@ -16,6 +16,7 @@ from .attention import use_sdpa
 POSITIONAL_INTERPOLATIONS = {
     "bilinear": {"mode": "bilinear", "align_corners": False},  # ViP²-CLIP
     "bicubic-antialias": {"mode": "bicubic", "align_corners": False, "antialias": True},  # VCP-CLIP, open_clip's own
+    "bicubic": {"mode": "bicubic", "align_corners": False},  # AdaCLIP (its copy of an older open_clip)
 }
 
 

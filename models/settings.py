@@ -52,8 +52,9 @@ def setting(default: Any, help: str, *, kind: str = "output", type: Callable | N
     """
     if kind not in KINDS:
         raise ValueError(f"unknown setting kind {kind!r}")
-    if isinstance(default, bool) and default and flag is None:
-        raise ValueError("a boolean setting that defaults to True needs a negative `flag`")
+    if isinstance(default, bool) and default and flag is None and type is None:
+        raise ValueError("a boolean setting that defaults to True needs a negative `flag` (or a `type` that "
+                         "parses a value: `--use_hsf False`)")
     metadata = {"help": help, "kind": kind, "type": type, "nargs": nargs, "choices": choices, "flag": flag,
                 "metavar": metavar, "check": check, "trained": trained}
     if isinstance(default, (list, dict, set)):
@@ -128,7 +129,7 @@ def add_setting_flags(group, config_class, script: str) -> None:
             help_text = f"{meta['help']} (default: {where}{_default_text(default)})"
         else:
             help_text = f"{meta['help']} (default: {_default_text(default)})"
-        if isinstance(default, bool):  # the flag switches away from the default, so no "(default: ...)"
+        if isinstance(default, bool) and meta["type"] is None:  # a switch: no "(default: ...)"
             help_text = meta["help"] + (" (default: the checkpoint's)" if from_checkpoint else "")
             group.add_argument(flag_name(field), dest=field.name, action="store_const", const=not default,
                                default=None if from_checkpoint else default, help=help_text)

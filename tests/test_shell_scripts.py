@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import fields
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from generate_dataset_json.synthetic import make_synthetic_dataset
 from models import get_method, method_names
 from models.clip_loader import random_clip_state_dict
 
-TINY = "--features_list 1 2 3 4 --image_size 112 --device cpu --num_workers 0"
+TINY_NO_LAYERS = "--image_size 112 --device cpu --num_workers 0"  # a method whose layers follow the tower (AdaCLIP)
+TINY = f"--features_list 1 2 3 4 {TINY_NO_LAYERS}"
 RUN = "--device cpu --num_workers 0"
 
 
@@ -47,8 +49,9 @@ def test_train_sh_then_test_sh(method, tmp_path, tiny_weights):
         make_synthetic_dataset(data / name, classes=(f"{name}_synth",), n_normal=2, n_anomalous=2, seed=seed)
     checkpoints, results = tmp_path / "checkpoints", tmp_path / "results"
 
+    tiny = TINY if any(f.name == "features_list" for f in fields(get_method(method).config)) else TINY_NO_LAYERS
     run_shell("train.sh", METHOD=method, DATA_ROOT=data, CLIP_WEIGHTS=tiny_weights, CHECKPOINTS=checkpoints,
-              EXTRA_ARGS=f"{TINY} --epoch 1")
+              EXTRA_ARGS=f"{tiny} --epoch 1")
     for auxiliary, _ in paper.training:
         assert (checkpoints / f"{auxiliary}_train" / "epoch_1.pth").is_file()
 

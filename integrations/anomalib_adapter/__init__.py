@@ -3,9 +3,11 @@
     from integrations.anomalib_adapter import load_model
     model = load_model("epoch_10.pth", clip_weights="ViT-L-14-336px.pt")   # the method is read from the file
     Engine().test(model, datamodule=Folder(...))
+    model = load_model(None, clip_weights=..., method=NAME)   # a training-free method: CLIP weights alone
 
-`ADAPTERS` maps each `--model` name to its `AnomalibModule` subclass. What is adapted and where
-anomalib's numbers differ from `test.py`'s: docs/ANOMALIB.md.
+`ADAPTERS` maps each `--model` name to its `AnomalibModule` subclass, made from the registry
+(nothing here names a method). What is adapted and where anomalib's numbers differ from
+`test.py`'s: docs/ANOMALIB.md.
 """
 try:
     import anomalib  # noqa: F401

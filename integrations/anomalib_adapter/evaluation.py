@@ -1,13 +1,14 @@
 """The adapter's evaluator: anomalib's default metrics plus AUPRO, AUPR and F1-max, and the set-level step.
 
-anomalib's `Evaluator` updates every metric batch by batch. A method whose model normalises
-over the evaluated set (`AnomalyModel.set_normalization`, VCP-CLIP's per-class min-max) cannot
-be scored that way: an image's values depend on images not seen yet. `AdapterEvaluator` keeps
-every test batch's outputs; at the end of the test epoch it applies the model's `finalize`
+anomalib's `Evaluator` updates every metric batch by batch. A method whose `finalize` works over
+the evaluated set (`AnomalyModel.finalize`: VCP-CLIP's per-class min-max normalisation,
+APRIL-GAN's few-shot score fusion) cannot be scored that way: an image's values depend on images
+not seen yet. So for the adapter's modules (those with `finalize_outputs`), `AdapterEvaluator`
+keeps every test batch's outputs; at the end of the test epoch it applies the model's `finalize`
 over the whole set (one anomalib test run is one class: anomalib's datamodules hold one
-category) and only then updates and computes the metrics. For other methods the metrics are
-updated per batch, as anomalib does. Either way the values scored are kept on the module as
-`test_outputs` (image paths, maps, scores, labels, masks).
+category), as `test.py` does, and only then updates and computes the metrics. For any other
+LightningModule the metrics are updated per batch, as anomalib does. Either way the values
+scored are kept on the module as `test_outputs` (image paths, maps, scores, labels, masks).
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _cpu(value):  # noqa: D103 (shared with modules.py)
 
 
 class AdapterEvaluator(Evaluator):
-    """`Evaluator` that keeps the test outputs and, for set-normalising methods, scores them at the epoch's end."""
+    """`Evaluator` that keeps the test outputs and, for the adapter's modules, scores them at the epoch's end after
+    the method's set-level step."""
 
     def __init__(self, test_metrics=None, val_metrics=None, compute_on_cpu: bool = True) -> None:
         super().__init__(val_metrics=val_metrics, test_metrics=default_metrics() if test_metrics is None
@@ -55,18 +57,22 @@ class AdapterEvaluator(Evaluator):
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._kept.append({key: _cpu(getattr(batch, key, None)) for key in FIELDS})
-        if not getattr(pl_module, "set_normalization", False):
+        if not _deferred(pl_module):
             super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         outputs = gather(self._kept)
         self._kept = []
-        if getattr(pl_module, "set_normalization", False) and outputs:
+        if _deferred(pl_module) and outputs:
             outputs = pl_module.finalize_outputs(outputs)
             for metric in self.test_metrics:
                 metric.update(SimpleNamespace(**{key: outputs.get(key) for key in FIELDS}))
         pl_module.test_outputs = outputs
         super().on_test_epoch_end(trainer, pl_module)
+
+
+def _deferred(pl_module) -> bool:
+    return callable(getattr(pl_module, "finalize_outputs", None))
 
 
 def gather(kept: list[dict]) -> dict:
