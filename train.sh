@@ -5,6 +5,7 @@
 #   METHOD=anomalyclip:    AnomalyCLIP on VisA (for MVTec AD) and on MVTec AD (for every other dataset), SPEC_ANOMALYCLIP §7.
 #   METHOD=aprilgan:       APRIL-GAN on MVTec AD (3 epochs, mosaic 0.2) and on VisA (15 epochs), SPEC_APRILGAN §6.
 #   METHOD=adaclip:        AdaCLIP on MVTec AD (mosaic 0.2) and on VisA (the authors add ColonDB / ClinicDB: not here), SPEC_ADACLIP §7.
+#   METHOD=winclip:        nothing: WinCLIP is training-free (test.sh evaluates it as it is).
 # The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); every
 # other setting is the method's default, which is the paper's (`python train.py --model $METHOD --help`).
 # Edit the variables below, or set them in the environment:
@@ -25,6 +26,10 @@ GPUS=${GPUS:-}                                 # e.g. 0,1: the trainings side by
 source ./scripts_common.sh
 
 protocol=$("$PYTHON" -m models.paper "$METHOD" train)
+if [[ -z "$protocol" ]]; then  # a training-free method's paper names no training run
+    echo "train.sh: $METHOD is training-free: nothing to train (evaluate it with test.sh)"
+    exit 0
+fi
 while read -r auxiliary flags; do
     data=$(data_path "$auxiliary")
     # shellcheck disable=SC2086  # $flags, $EXTRA_ARGS and the launcher are lists of words

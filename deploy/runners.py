@@ -131,16 +131,17 @@ def load_torch_runner(method: str, *, checkpoint, clip_weights: str = "openai", 
 
     resolved = resolve_device(device)  # a torch.device passes through as it is
     configure_precision(precision)
-    state = read_checkpoint(checkpoint)  # read once: the model's weights and calibrate.py's thresholds
-    model = create_model(method, clip_weights=clip_weights, checkpoint=state, checkpoint_name=checkpoint,
+    # read once: the model's weights and calibrate.py's thresholds (none for a training-free method)
+    state = read_checkpoint(checkpoint) if checkpoint else None
+    model = create_model(method, clip_weights=clip_weights, checkpoint=state, checkpoint_name=checkpoint or None,
                          device=resolved, **settings)
-    calibration = checkpoint_calibration(state)
+    calibration = checkpoint_calibration(state) if state is not None else {}
     bound = {}
     if bind_args is not None:
         from models import fewshot
 
         bound = fewshot.bind(model, bind_args, resolved)
-    runner = TorchRunner(model, resolved, precision, str(checkpoint), calibration=calibration)
+    runner = TorchRunner(model, resolved, precision, str(checkpoint or ""), calibration=calibration)
     runner.info = dataclasses.replace(runner.info, bound=bound)
     return runner
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+NO_TRAINING = None  # a protocol's "training set" for a training-free method (WinCLIP): no checkpoint
+NO_TRAINING_WORD = "-"  # how `python -m models.paper METHOD test` prints it for test.sh
+
 @dataclass(frozen=True)
 class PaperRow:
     """One dataset of a paper's tables: its title, which table, and the reported values (percent)."""
@@ -50,7 +53,8 @@ class Paper:
     rows: dict  # registry name -> PaperRow, in the paper's row order
     tables: dict  # table key -> (heading, metric columns)
     training: tuple  # (auxiliary dataset, extra train.py flags) in train.sh's order
-    evaluation: dict = field(default_factory=dict)  # dataset -> the auxiliary dataset its checkpoint was trained on
+    # dataset -> the auxiliary dataset its checkpoint was trained on (NO_TRAINING: a training-free method's)
+    evaluation: dict = field(default_factory=dict)
     ablations: dict = field(default_factory=dict)  # table key -> Ablation (reproduce.py runs them)
 
 
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
             print(" ".join((auxiliary, *flags)))
     else:
         for dataset, auxiliary in paper.evaluation.items():
-            print(dataset, auxiliary)
+            print(dataset, NO_TRAINING_WORD if auxiliary is NO_TRAINING else auxiliary)
     return 0
 
 
