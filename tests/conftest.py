@@ -54,6 +54,17 @@ def project_logging_restored():
         yield
 
 
+@pytest.fixture(autouse=True)
+def image_pixel_limit_restored():
+    """A script run in process (test.py's `main(argv)`) sets the process-wide `--max_image_pixels`; later tests
+    must see the default again, whatever order they run in."""
+    from deploy import image_io
+
+    limit = image_io.current_max_pixels()
+    yield
+    image_io.set_max_pixels(limit)
+
+
 def vcp_settings(config: dict) -> list[str]:
     """The model flags of SPEC_VCP §14 for a fixture's `config`."""
     return ["--image_size", str(config["image_size"]), "--features_list", *map(str, config["features_list"]),
