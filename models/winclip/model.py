@@ -75,16 +75,13 @@ class WinCLIP(AnomalyModel):
         self._text_cache: dict[str, torch.Tensor] = {}  # `*_cache`: export.py empties it before tracing
         self.reference_classes: list[str] = []
         self.reference_paths: dict[str, list[str]] = {}
-        self.bound_class: str | None = None
         self.few_shot_requested = False
 
     @property
     def few_shot(self) -> bool:
         return self.config.mode == "few_shot" or self.few_shot_requested or bool(self.reference_classes)
 
-    def bind_class(self, cls_name: str) -> None:
-        """The class every image of a run without class names is taken to be (predict.py, exported files)."""
-        self.bound_class = cls_name
+    def prepare_class(self, cls_name: str) -> None:
         self.class_text(cls_name)
 
     # ------------------------------------------------------------------ text (SPEC_WINCLIP §2)
@@ -103,15 +100,11 @@ class WinCLIP(AnomalyModel):
         self._text_cache[cls_name] = torch.stack(states)
         return self._text_cache[cls_name]
 
-    def _classes(self, cls_names, count: int) -> list[str] | str:
-        """Each image's class, or one class name (str) for the whole batch (then nothing depends on its size)."""
-        if cls_names is not None:
-            if len(cls_names) != count:
-                raise ValueError(f"{len(cls_names)} class names for {count} images")
-            names = [name or self._generic("an image without a class name") for name in cls_names]
-            return names[0] if len(set(names)) == 1 else names
-        if self.bound_class is None:
-            self.bind_class(self._generic("no class name given"))
+    def unnamed_class(self) -> str:
+        return self._generic("an image without a class name")
+
+    def class_of_unbound_run(self) -> str:
+        self.bind_class(self._generic("no class name given"))
         return self.bound_class
 
     def _generic(self, why: str) -> str:
@@ -177,7 +170,7 @@ class WinCLIP(AnomalyModel):
         return torch.stack(maps).mean(dim=0)
 
     def predict(self, images: torch.Tensor, cls_names=None) -> tuple[torch.Tensor, torch.Tensor]:
-        names = self._classes(cls_names, images.shape[0])
+        names = self.batch_classes(cls_names, images.shape[0])
         image, windows, patches = self.encode(images)
         if isinstance(names, str):
             maps, scores = self.grid_scores(image, windows, patches, names)
