@@ -83,7 +83,8 @@ def run_script(script: str, *args, check: bool = True, timeout: int = 300,
     return result
 
 
-def _expected(folder: Path) -> dict:
+def fixture_outputs(folder: Path) -> dict:
+    """A reference fixture's expected.npz arrays, and its expected.json as `json`."""
     with np.load(folder / "expected.npz") as arrays:
         values = {k: arrays[k] for k in arrays.files}
     values["json"] = json.loads((folder / "expected.json").read_text())
@@ -92,12 +93,12 @@ def _expected(folder: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def expected():
-    return _expected(FIXTURE)
+    return fixture_outputs(FIXTURE)
 
 
 @pytest.fixture(scope="session")
 def vcp_expected():
-    return _expected(VCP_FIXTURE)
+    return fixture_outputs(VCP_FIXTURE)
 
 
 def _clip_pt(folder: Path, target: Path) -> Path:

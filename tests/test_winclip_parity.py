@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, fixture_outputs, run_script
 
 FIXTURE = ROOT / "tests" / "fixtures" / "winclip_tiny"
 TOLERANCE = 1e-5
@@ -18,10 +18,7 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def expected():
-    with np.load(FIXTURE / "expected.npz") as arrays:
-        values = {k: arrays[k] for k in arrays.files}
-    values["json"] = json.loads((FIXTURE / "expected.json").read_text())
-    return values
+    return fixture_outputs(FIXTURE)
 
 
 @pytest.fixture(scope="module")
