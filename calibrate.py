@@ -262,9 +262,9 @@ def write_exported(runner, source, output: Path, record: dict, fmt: str) -> None
         else:
             import openvino as ov
 
-            from deploy.runners import OPENVINO_RT_INFO
+            from deploy.runners import OPENVINO_RT_INFO, openvino_core
 
-            model = ov.Core().read_model(str(source))
+            model = openvino_core().read_model(str(source))
             for key, value in info.to_metadata().items():
                 model.set_rt_info(value, [OPENVINO_RT_INFO, key])
             ov.save_model(model, str(staged), compress_to_fp16=False)  # the weights as they are in the source

@@ -97,6 +97,7 @@ def settings_from_text(method: str, text: str) -> dict:
 def load_runner(spec: ModelSpec):
     """The runner for `spec`, built once and kept (a ViT-L takes a while to load)."""
     from deploy import runners
+    from models import get_method
 
     with _runner_lock:
         if spec not in _runners:
@@ -104,7 +105,7 @@ def load_runner(spec: ModelSpec):
                 if spec.settings.strip():
                     raise DemoError("an exported file fixes its settings: clear the settings field (or export again)")
                 runner = runners.open_exported(spec.exported, device=spec.device)
-            elif not spec.checkpoint:
+            elif not spec.checkpoint and get_method(spec.method).trains:
                 raise DemoError("no model yet: give a checkpoint path (and CLIP weights) or an exported file")
             else:
                 runner = runners.load_torch_runner(spec.method, checkpoint=spec.checkpoint,
@@ -337,7 +338,15 @@ def build_app(defaults: ModelSpec, work_dir: str | None = None, threshold: float
 
 def fixture_folder(method: str) -> Path | None:
     folder = FIXTURES / f"{method}_tiny"
-    return folder if (folder / "init.pth").is_file() and (folder / "clip_tiny.npz").is_file() else None
+    checkpoint = fixture_checkpoint(method, folder)
+    return folder if (checkpoint is None or checkpoint.is_file()) and (folder / "clip_tiny.npz").is_file() else None
+
+
+def fixture_checkpoint(method: str, folder: Path) -> Path | None:
+    """A fixture's initial checkpoint; None for a training-free method, which has none."""
+    from models import get_method
+
+    return folder / "init.pth" if get_method(method).trains else None
 
 
 def fixture_settings(folder: Path) -> str:
@@ -376,7 +385,8 @@ def spec_from_args(args) -> ModelSpec:
 
             having = [name for name in method_names() if fixture_folder(name)]
             raise DemoError(f"--demo_fixture: no fixture for --model {args.model} (choose {' or '.join(having)})")
-        return ModelSpec(method=args.model, checkpoint=str(folder / "init.pth"),
+        checkpoint = fixture_checkpoint(args.model, folder)
+        return ModelSpec(method=args.model, checkpoint=str(checkpoint) if checkpoint else "",
                          clip_weights=str(folder / "clip_tiny.npz"), settings=fixture_settings(folder),
                          device=args.device)
     return ModelSpec(method=args.model, checkpoint=args.checkpoint_path or "", clip_weights=args.clip_weights,

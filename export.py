@@ -36,7 +36,7 @@ from pathlib import Path
 from models import get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
 from deploy.runners import FORMAT_SUFFIXES, INPUT_NAME, OUTPUT_NAMES, ExportedModelError, ModelInfo
-from engine.cli import add_checkpoint_flags, add_overwrite_flag
+from engine.cli import CHECKPOINT_HELP, add_checkpoint_flags, add_overwrite_flag, checkpoint_problem
 from utils import HelpFormatter, OutputError, check_output_file, run_cli
 
 OPSET = 18
@@ -66,7 +66,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     add_overwrite_flag(output, "an existing --output")
     model = parser.add_argument_group(f"model ({method.title}; settings a train.py checkpoint records are read "
                                       "from it)")
-    add_checkpoint_flags(model, required=True)
+    add_checkpoint_flags(model, checkpoint_help=CHECKPOINT_HELP + " (required unless the method is training-free)")
     add_setting_flags(model, method.config, "test")
     from models import fewshot
 
@@ -340,10 +340,15 @@ def main(argv=None) -> dict:
     from models.checkpoint import read_checkpoint
     from utils import setup_logger
 
-    checkpoint = read_checkpoint(args.checkpoint_path)  # an unreadable file is one line, before any log
+    problem = checkpoint_problem(method, args.checkpoint_path, "export.py")
+    if problem:
+        raise ValueError(problem)
+    # an unreadable file is one line, before any log; a training-free method reads none
+    checkpoint = read_checkpoint(args.checkpoint_path) if args.checkpoint_path else {}
     setup_logger("zsas.export", None)
-    log.info("building %s from %s on CLIP %s", method.title, args.checkpoint_path, args.clip_weights)
-    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint,
+    log.info("building %s from %s on CLIP %s", method.title, args.checkpoint_path or "no checkpoint",
+             args.clip_weights)
+    model = create_model(method.name, clip_weights=args.clip_weights, checkpoint=checkpoint or None,
                          checkpoint_name=args.checkpoint_path, device="cpu", **values_from_args(args, method.config))
     from models import fewshot
 

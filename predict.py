@@ -45,7 +45,7 @@ from PIL import Image
 from deploy.inputs import InputImage, check_no_overwrite, find_images, output_names
 from deploy.outputs import earlier_outputs, publish
 from engine.cli import (CHECKPOINT_HELP, add_checkpoint_flags, add_device_flag, add_image_limit_flag, add_overwrite_flag,
-                        add_run_flags)
+                        add_run_flags, checkpoint_problem)
 from utils import (DatasetError, OutputError, atomic_write_bytes, check_output_folder, hold_log_records, positive_int,
                    run_cli, staging_folder)
 
@@ -89,7 +89,7 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     _add_io_flags(parser)
     model = parser.add_argument_group(f"model ({method.title}; settings a train.py checkpoint records are read "
                                       "from it)")
-    add_checkpoint_flags(model, checkpoint_help=CHECKPOINT_HELP + " (required unless --onnx or --openvino is given)")
+    add_checkpoint_flags(model, checkpoint_help=CHECKPOINT_HELP + " (required unless --onnx or --openvino is given, or the method is training-free)")
     _add_exported_flags(model)
     add_setting_flags(model, method.config, "test")
     from models import fewshot
@@ -132,8 +132,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = build_parser(method_from_argv(argv))
     args = parser.parse_args(argv)
-    if not args.checkpoint_path:
-        parser.error("--checkpoint_path is required (or run an exported model with --onnx / --openvino)")
+    from models import get_method
+
+    problem = checkpoint_problem(get_method(args.model), args.checkpoint_path, "predict.py")
+    if problem:
+        parser.error(problem + " (or run an exported model with --onnx / --openvino)")
     args.exported = None
     return args
 

@@ -11,6 +11,9 @@ slot filled per image with learnable category vectors (`models/vcp/text.py`).
 APRIL-GAN's fixed ensemble (SPEC_APRILGAN §2): every state phrase of a class in every
 template, per state (normal, abnormal); the embeddings are averaged per state.
 
+WinCLIP's compositional prompt ensemble (SPEC_WINCLIP §2), as anomalib writes it: its
+state phrases of a class in its templates, per state; the embeddings averaged per state.
+
 This module imports nothing of the project's, so any model module can use it.
 """
 from __future__ import annotations
@@ -50,6 +53,26 @@ def aprilgan_sentences(cls_name: str) -> tuple[list[str], list[str]]:
     """The normal and the abnormal sentences of one class, state-major (each state in every template)."""
     return tuple([template.format(state.format(cls_name)) for state in states for template in APRILGAN_TEMPLATES]
                  for states in (APRILGAN_NORMAL_STATES, APRILGAN_ABNORMAL_STATES))
+
+
+# WinCLIP as anomalib 2.7.0 writes it (SPEC_WINCLIP §2): four abnormal states (no "broken {}"), 21 templates with
+# "a jpeg corrupted photo of the {}." twice (kept: it weighs the mean).
+WINCLIP_NORMAL_STATES = APRILGAN_NORMAL_STATES
+WINCLIP_ANOMALOUS_STATES = ("damaged {}", "{} with flaw", "{} with defect", "{} with damage")
+WINCLIP_TEMPLATES = (
+    "a cropped photo of the {}.", "a close-up photo of a {}.", "a close-up photo of the {}.", "a bright photo of a {}.",
+    "a bright photo of the {}.", "a dark photo of the {}.", "a dark photo of a {}.",
+    "a jpeg corrupted photo of the {}.", "a jpeg corrupted photo of the {}.", "a blurry photo of the {}.",
+    "a blurry photo of a {}.", "a photo of a {}.", "a photo of the {}.", "a photo of a small {}.",
+    "a photo of the small {}.", "a photo of a large {}.", "a photo of the large {}.",
+    "a photo of the {} for visual inspection.", "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.", "a photo of a {} for anomaly detection.")
+
+
+def winclip_sentences(cls_name: str) -> tuple[list[str], list[str]]:
+    """The normal and the anomalous sentences of one class, state-major (each state in every template)."""
+    return tuple([template.format(state.format(cls_name)) for state in states for template in WINCLIP_TEMPLATES]
+                 for states in (WINCLIP_NORMAL_STATES, WINCLIP_ANOMALOUS_STATES))
 
 
 def tokenize(texts):

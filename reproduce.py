@@ -285,7 +285,8 @@ class Planner:
         return self._add(Job("train", spec.method, spec.training, material, argv, folder,
                              (f"epoch_{epochs}.pth", "train_stats.json"), images, epochs))
 
-    def test_job(self, spec: CellSpec, trained: Job) -> Job:
+    def test_job(self, spec: CellSpec, trained: Job | None) -> Job:
+        """The evaluation of `spec` with `trained`'s checkpoint, or with none for a training-free method."""
         root, _, meta_hash, images = self.data(spec.dataset)
         tail = [*shlex.split(self.args.test_args), *setting_flags(spec.method, spec.settings)[1]]
         parsed = test_script.build_parser(spec.method).parse_args(["--model", spec.method, *tail])
@@ -294,13 +295,15 @@ class Planner:
         for field in dataclasses.fields(info.config):  # test-only settings: not given = the default, not recorded
             if field.metadata.get("kind") == "test" and test_settings.get(field.name) is None:
                 test_settings[field.name] = field.default
-        material = {"kind": "test", "train": trained.material, "dataset": spec.dataset, "data": meta_hash,
+        material = {"kind": "test", "train": trained.material if trained else None, "dataset": spec.dataset,
+                    "data": meta_hash,
                     "test_settings": test_settings, "metrics": parsed.metrics,
                     "pro_mode": self.args.pro_mode, "precision": self.args.precision, "clip": self.clip,
                     "code": self.code}
         folder = job_folder(self.work, "test", spec.method, spec.dataset, material)
+        checkpoint = ["--checkpoint_path", str(trained.folder / trained.outputs[0])] if trained else []
         argv = ["test.py", "--model", spec.method, "--dataset", spec.dataset, "--data_path", str(root),
-                "--checkpoint_path", str(trained.folder / trained.outputs[0]), "--save_path", str(folder),
+                *checkpoint, "--save_path", str(folder),
                 "--save_maps", str(folder / "maps.npz"), "--pro_mode", self.args.pro_mode, *self._common(), *tail]
         return self._add(Job("test", spec.method, spec.dataset, material, argv, folder,
                              ("results.json", "maps.npz"), images, 1, depends=trained))
@@ -316,8 +319,9 @@ class Planner:
         cells = []
         for spec in specs:
             runs = []
-            for seed in seeds:
-                trained = self.train_job(spec, seed)
+            trains = get_method(spec.method).trains
+            for seed in seeds if trains else [None]:  # a training-free method: one deterministic run
+                trained = self.train_job(spec, seed) if trains else None
                 runs.append({"seed": seed, "train": trained, "test": self.test_job(spec, trained)})
             cells.append({"spec": spec, "runs": runs})
         for job in self.jobs.values():

@@ -208,8 +208,8 @@ def render_summary(results: list[Result], results_dir: Path) -> str:
                 lines += render_table(paper, table, in_table)
         lines += ["Sources:", ""]
         for result in sorted(members, key=lambda r: str(r.source)):
-            lines.append(f"- {_title(result, paper)}: `{result.source}` (checkpoint `{result.checkpoint}`, "
-                         f"PRO {result.pro_mode})")
+            model = f"checkpoint `{result.checkpoint}`" if result.checkpoint else "no checkpoint (training-free)"
+            lines.append(f"- {_title(result, paper)}: `{result.source}` ({model}, PRO {result.pro_mode})")
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import metrics
 from models import fewshot, get_method
 from models.settings import add_method_flag, add_setting_flags, method_from_argv, values_from_args
-from engine.cli import add_checkpoint_flags, add_mask_flags, add_overwrite_flag, add_run_flags
+from engine.cli import add_checkpoint_flags, add_mask_flags, add_overwrite_flag, add_run_flags, checkpoint_problem
 from utils import (HelpFormatter, OutputError, check_output_file, check_output_folder, non_negative_int, run_cli,
                    staging_folder, swap_in)
 
@@ -92,9 +92,12 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.smoke:
         return smoke(args)
-    if not args.data_path or not args.checkpoint_path:
-        build_parser(args.model).error("--data_path and --checkpoint_path are required (or use --smoke)")
     method = get_method(args.model)
+    if not args.data_path:
+        build_parser(args.model).error("--data_path is required (or use --smoke)")
+    problem = checkpoint_problem(method, args.checkpoint_path, "test.py")
+    if problem:
+        build_parser(args.model).error(problem + " (or use --smoke)")
     earlier = check_outputs(args)
 
     from engine import distributed
@@ -114,7 +117,7 @@ def evaluate(args, method, earlier, context, device) -> dict | None:
 
     hold_log_records()  # what the checks below say reaches log.txt, which cannot exist before they pass
     image_io.set_max_pixels(args.max_image_pixels)
-    checkpoint = read_checkpoint(args.checkpoint_path)
+    checkpoint = read_checkpoint(args.checkpoint_path) if args.checkpoint_path else None  # none: training-free
     settings = values_from_args(args, method.config)
     config = resolve_config(method.name, checkpoint, args.checkpoint_path, **settings)  # overrides logged once, here
     dataset = AnomalyDataset(args.data_path, config.image_size, split="test", dataset=args.dataset,
@@ -197,7 +200,7 @@ def _evaluate(args, method, config, checkpoint, dataset, model, save_path, stagi
     logger.info("%d images in %.1f s from first image to last metric (%.1f images/s): model and smoothing "
                 "%.1f s, metrics %.1f s%s", len(dataset), total_seconds, stats["images_per_second"],
                 inference_seconds, stats["metrics_seconds"], memory_note(device))
-    atomic_write_json(nan_to_none({"method": method.name, "dataset": label, "checkpoint": str(args.checkpoint_path),
+    atomic_write_json(nan_to_none({"method": method.name, "dataset": label, "checkpoint": str(args.checkpoint_path or ""),
                                    "pro_mode": args.pro_mode, "pro_fpr_limit": args.pro_fpr_limit,
                                    "settings": model.recorded_config(),
                                    "test_settings": {"sigma": config.sigma, **_test_only(model)},
@@ -259,13 +262,17 @@ def smoke(args) -> dict:
         layers = ["--features_list", *SMOKE_LAYERS] if has_layers else []  # AdaCLIP's follow the tower
         common = ["--model", args.model, "--clip_weights", str(folder / "clip_tiny.pt"), "--device", args.device,
                   "--num_workers", "0"]
-        checkpoint = train.main(["--train_data_path", str(folder / "data"), "--save_path", str(folder / "ckpt"),
-                                 "--epoch", "1", "--dataset", "synthetic", "--image_size", str(SMOKE_IMAGE_SIZE),
-                                 *layers, *common])
-        results = main(["--data_path", str(folder / "data"), "--checkpoint_path", str(checkpoint),
+        if get_method(args.model).trains:
+            checkpoint = train.main(["--train_data_path", str(folder / "data"), "--save_path", str(folder / "ckpt"),
+                                     "--epoch", "1", "--dataset", "synthetic", "--image_size", str(SMOKE_IMAGE_SIZE),
+                                     *layers, *common])
+            model = ["--checkpoint_path", str(checkpoint)]
+        else:  # training-free: evaluated as it is
+            model = ["--image_size", str(SMOKE_IMAGE_SIZE)]
+        results = main(["--data_path", str(folder / "data"), *model,
                         "--save_path", str(folder / "results"), "--dataset", "synthetic", *common]
                        + (["--visualize"] if args.visualize else []))
-    print(f"smoke run passed: {get_method(args.model).title} trains and evaluates end to end (random weights, so "
+    print(f"smoke run passed: {get_method(args.model).title} runs end to end (random weights, so "
           "the numbers mean nothing; nothing was kept)")
     return results
 

@@ -7,6 +7,8 @@
 #                          EXTRA_ARGS="--mode few_shot --k_shot 4").
 #   METHOD=adaclip:        the VisA+ClinicDB-trained model on MVTec AD and ColonDB, the MVTec AD+ColonDB-trained one on
 #                          every other dataset.
+#   METHOD=winclip:        training-free, MVTec AD and VisA as they are (WinCLIP+: EXTRA_ARGS="--k_shot 4"); its
+#                          numbers need CLIP_WEIGHTS=the laion400m_e31 ViT-B-16-plus-240 file (SPEC_WINCLIP §1).
 # Which checkpoint evaluates which dataset comes from the method's paper (`python -m models.paper $METHOD test`);
 # every setting comes from the checkpoint. Datasets without a meta file are skipped with a note; the
 # script fails when nothing at all was evaluated.
@@ -53,16 +55,20 @@ while read -r dataset auxiliary; do
         echo "skipping $dataset: no $DATA_ROOT/$dataset/meta.json nor $DATA_ROOT/meta_$dataset.json (README, 'Data')"
         continue
     fi
-    checkpoint=$(checkpoint_of "$auxiliary")
-    if [[ -z "$checkpoint" ]]; then
-        echo "test.sh: no checkpoint trained on $auxiliary for $dataset: run train.sh, or set $(checkpoint_variable "$auxiliary")" >&2
-        exit 1
+    checkpoint_flags=()  # none for a training-free method (its protocol names no training set: "-")
+    if [[ "$auxiliary" != "-" ]]; then
+        checkpoint=$(checkpoint_of "$auxiliary")
+        if [[ -z "$checkpoint" ]]; then
+            echo "test.sh: no checkpoint trained on $auxiliary for $dataset: run train.sh, or set $(checkpoint_variable "$auxiliary")" >&2
+            exit 1
+        fi
+        checkpoint_flags=(--checkpoint_path "$checkpoint")
     fi
     # shellcheck disable=SC2086  # $EXTRA_ARGS and the launcher are lists of words
     run_job "$dataset" "$RESULTS/console/$dataset.txt" $(launcher) test.py --model "$METHOD" \
         --dataset "$dataset" \
         --data_path "$data" \
-        --checkpoint_path "$checkpoint" \
+        "${checkpoint_flags[@]}" \
         --clip_weights "$CLIP_WEIGHTS" \
         --save_path "$RESULTS/$dataset" \
         --pro_mode "$PRO_MODE" --device "$DEVICE" --precision "$PRECISION" $EXTRA_ARGS

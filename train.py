@@ -76,7 +76,12 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser(method_from_argv(argv)).parse_args(argv)
+    name = method_from_argv(argv)
+    method = get_method(name)
+    if not method.trains:  # before the parser, whose required flags would hide why
+        raise ValueError(f"--model {name}: {method.title} is training-free, there is nothing to train; evaluate it "
+                         f"directly with test.py --model {name} (no --checkpoint_path)")
+    return build_parser(name).parse_args(argv)
 
 
 def earlier_run(save_path: Path) -> list[Path]:

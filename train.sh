@@ -6,6 +6,7 @@
 #   METHOD=aprilgan:       APRIL-GAN on MVTec AD (3 epochs, mosaic 0.2) and on VisA (15 epochs), SPEC_APRILGAN §6.
 #   METHOD=adaclip:        AdaCLIP on MVTec AD + ColonDB (one run, the mosaic 0.2 on MVTec AD only) and on VisA + ClinicDB,
 #                          SPEC_ADACLIP §7.
+#   METHOD=winclip:        nothing: WinCLIP is training-free (test.sh evaluates it as it is).
 # The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); a training
 # set NAME+NAME trains on both datasets in one run (train.py --train_data_path A B --dataset NAME NAME) and
 # writes $CHECKPOINTS/NAME+NAME_train/. Every other setting is the method's default, which is the paper's
@@ -28,6 +29,10 @@ GPUS=${GPUS:-}                                 # e.g. 0,1: the trainings side by
 source ./scripts_common.sh
 
 protocol=$("$PYTHON" -m models.paper "$METHOD" train)
+if [[ -z "$protocol" ]]; then  # a training-free method's paper names no training run
+    echo "train.sh: $METHOD is training-free: nothing to train (evaluate it with test.sh)"
+    exit 0
+fi
 while read -r auxiliary flags; do
     IFS='+' read -r -a names <<< "$auxiliary"   # its datasets (models/paper.py's COMBINED joins them)
     roots=()

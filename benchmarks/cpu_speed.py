@@ -53,7 +53,8 @@ def launch(command: list) -> tuple[float, int, str]:
 
 
 def prepare(work: Path, method: str, arch: str, images: int, image_px: int, image_size: int):
-    """Synthetic data, random CLIP weights (float16, like OpenAI's) and a freshly initialised checkpoint."""
+    """Synthetic data, random CLIP weights (float16, like OpenAI's) and a freshly initialised checkpoint (None for a
+    training-free method)."""
     import torch
 
     from generate_dataset_json.synthetic import make_synthetic_dataset
@@ -70,6 +71,8 @@ def prepare(work: Path, method: str, arch: str, images: int, image_px: int, imag
     if not weights.is_file():
         torch.save({k: v.half() if v.is_floating_point() else v for k, v in
                     random_clip_state_dict(arch, seed=0).items()}, weights)
+    if not get_method(method).trains:
+        return data, weights, None
     checkpoint = work / f"{method}_{arch}_{image_size}.pth"
     if not checkpoint.is_file():
         torch.manual_seed(0)
@@ -115,7 +118,8 @@ def main(argv=None) -> None:
         for method in args.models:
             for arch in args.archs:
                 data, weights, checkpoint = prepare(work, method, arch, args.images, args.image_px, args.image_size)
-                common = ["--model", method, "--checkpoint_path", checkpoint, "--clip_weights", weights]
+                model = ["--checkpoint_path", checkpoint] if checkpoint else ["--image_size", args.image_size]
+                common = ["--model", method, *model, "--clip_weights", weights]
                 runs = {"test.py": [ROOT / "test.py", "--data_path", data, *common, "--device", "cpu",
                                     "--save_path", work / "out", "--overwrite"],
                         "reference loop": [ROOT / "benchmarks" / "reference_loop.py", "--data_path", data, *common]}

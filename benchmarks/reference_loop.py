@@ -53,11 +53,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vip2")
     parser.add_argument("--data_path", required=True)
-    parser.add_argument("--checkpoint_path", required=True)
+    parser.add_argument("--checkpoint_path", default=None, help="required unless the method is training-free")
     parser.add_argument("--clip_weights", required=True)
+    parser.add_argument("--image_size", type=int, default=None, help="a training-free method's input size")
     args = parser.parse_args(argv)
+    size = {"image_size": args.image_size} if args.image_size else {}
     model = create_model(args.model, clip=reference_clip(args.model, args.clip_weights),
-                         checkpoint=args.checkpoint_path)
+                         checkpoint=args.checkpoint_path, **size)
     use_multihead_attention(model.backbone.clip)  # the references' attention module
     dataset = AnomalyDataset(args.data_path, model.image_size)
     loaded = time.perf_counter()

@@ -38,6 +38,11 @@ Image.MAX_IMAGE_PIXELS = None
 _limit = {"max_pixels": DEFAULT_MAX_PIXELS}
 
 
+def current_max_pixels() -> int:
+    """The process-wide limit in force (0: none)."""
+    return _limit["max_pixels"]
+
+
 def set_max_pixels(max_pixels: int | None) -> None:
     """The process-wide limit (`--max_image_pixels`; 0: none); None keeps the current one."""
     if max_pixels is not None:

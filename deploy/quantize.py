@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.runners import INPUT_NAME, METADATA_PREFIX, OPENVINO_RT_INFO, ExportedModelError, open_exported
+from deploy.runners import (INPUT_NAME, METADATA_PREFIX, OPENVINO_RT_INFO, ExportedModelError, open_exported,
+                            openvino_core)
 from utils import positive_int
 
 log = logging.getLogger("zsas.export")
@@ -155,7 +156,7 @@ def quantize_openvino(fp32_path, output, images: np.ndarray, info) -> None:
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(fp32_path))
+    model = openvino_core().read_model(str(fp32_path))
     quantized = nncf.quantize(model, nncf.Dataset(_batches(images)), model_type=nncf.ModelType.TRANSFORMER,
                               subset_size=len(images))
     for key, value in info.to_metadata().items():

@@ -13,6 +13,7 @@ wrote into it (`ModelInfo`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -130,16 +131,17 @@ def load_torch_runner(method: str, *, checkpoint, clip_weights: str = "openai", 
 
     resolved = resolve_device(device)  # a torch.device passes through as it is
     configure_precision(precision)
-    state = read_checkpoint(checkpoint)  # read once: the model's weights and calibrate.py's thresholds
-    model = create_model(method, clip_weights=clip_weights, checkpoint=state, checkpoint_name=checkpoint,
+    # read once: the model's weights and calibrate.py's thresholds (none for a training-free method)
+    state = read_checkpoint(checkpoint) if checkpoint else None
+    model = create_model(method, clip_weights=clip_weights, checkpoint=state, checkpoint_name=checkpoint or None,
                          device=resolved, **settings)
-    calibration = checkpoint_calibration(state)
+    calibration = checkpoint_calibration(state) if state is not None else {}
     bound = {}
     if bind_args is not None:
         from models import fewshot
 
         bound = fewshot.bind(model, bind_args, resolved)
-    runner = TorchRunner(model, resolved, precision, str(checkpoint), calibration=calibration)
+    runner = TorchRunner(model, resolved, precision, str(checkpoint or ""), calibration=calibration)
     runner.info = dataclasses.replace(runner.info, bound=bound)
     return runner
 
@@ -200,7 +202,7 @@ class OpenVinoRunner(Runner):
         except ImportError:
             raise ExportedModelError(f"{path}: running an OpenVINO model needs OpenVINO: pip install openvino") \
                 from None
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(path))
         except Exception as error:
@@ -226,6 +228,18 @@ class OpenVinoRunner(Runner):
     def __call__(self, images: np.ndarray) -> InferenceBatch:
         result = self.compiled(np.ascontiguousarray(images, np.uint8))
         return InferenceBatch(*(result[output] for output in self.outputs))
+
+
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO Core, never released before exit. Each Core loads its own CPU plugin, which
+    swaps the calling thread's signal stack for one it maps and, when released, puts the previous one back only
+    if its own is still current: two Cores released in the order they were made leave the thread on an unmapped
+    stack, and the next signal a Python handler catches (SIGCHLD once a DataLoader had workers, SIGINT) kills the
+    process with a bare SIGSEGV (docs/TESTING.md). Raises ImportError without OpenVINO."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def read_openvino_metadata(model) -> dict[str, str]:

@@ -21,6 +21,18 @@ def add_checkpoint_flags(group, *, required: bool = False, checkpoint_help: str 
     add_clip_weights_flag(group)
 
 
+def checkpoint_problem(method, checkpoint_path, script: str) -> str | None:
+    """A training-free method (its registry row's `trains` False) reads no checkpoint; every other needs one."""
+    if not method.trains:
+        if checkpoint_path:
+            return (f"--model {method.name} ({method.title}) is training-free and reads no checkpoint: drop "
+                    f"--checkpoint_path {checkpoint_path}")
+        return None
+    if not checkpoint_path:
+        return f"--checkpoint_path is required by {script} for --model {method.name}"
+    return None
+
+
 def add_clip_weights_flag(group) -> None:
     group.add_argument("--clip_weights", default="openai", help=CLIP_WEIGHTS_HELP)
 

@@ -109,8 +109,9 @@ class FrozenCLIP(nn.Module):
         return (visual.ln_post(tokens) if through_ln_post else tokens) @ visual.proj
 
     def encode_prompts(self, prompt_embeddings: torch.Tensor, token_ids: torch.Tensor,
-                       length: int | None = None) -> torch.Tensor:
-        """Encode `[M, 77, D]` prompt embeddings; returns L2-normalised `[M, E]` float32 features.
+                       length: int | None = None, normalize: bool = True) -> torch.Tensor:
+        """Encode `[M, 77, D]` prompt embeddings; returns `[M, E]` float32 features, L2-normalised unless
+        `normalize` is False (WinCLIP averages the raw ones).
 
         With the causal mask, the end-of-text row depends only on the positions up to it,
         so the sequence is cut after the last end-of-text token: same result, a fraction of the work.
@@ -124,7 +125,7 @@ class FrozenCLIP(nn.Module):
         x = self.text_blocks(x, range(self.num_text_layers))
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot] @ clip.text_projection
-        return F.normalize(x.float(), dim=-1)
+        return F.normalize(x.float(), dim=-1) if normalize else x.float()
 
     def text_blocks(self, x: torch.Tensor, blocks) -> torch.Tensor:
         """Run the text tower's blocks `blocks` (0-based indices) on `[M, length, D]` with the causal mask."""

@@ -80,6 +80,38 @@ class AnomalyModel(nn.Module):
     def image_size(self) -> int:
         return self.config.image_size
 
+    # ------------------------------------------------------------------ class names (class-conditioned methods)
+    bound_class: str | None = None  # the class of every image of a run without class names (predict.py, exports)
+
+    def bind_class(self, cls_name: str) -> None:
+        """Take every image of a run without class names to be `cls_name`; prepares what that class needs before
+        a trace (export.py), so nothing text-related is computed inside an exported graph."""
+        self.bound_class = cls_name
+        self.prepare_class(cls_name)
+
+    def prepare_class(self, cls_name: str) -> None:
+        """What a class-conditioned method computes once per class name (its text, its tokens)."""
+
+    def class_of_unbound_run(self) -> str:
+        """The class of a run that names none and has none bound: refused by default."""
+        raise ValueError(f"--model {self.method}: its prompts name the object class: give each image's class "
+                         "name (predict.py / export.py --class_name)")
+
+    def batch_classes(self, cls_names, count: int) -> list[str] | str:
+        """Each image's class, or one class name (str) for the whole batch (then nothing depends on its size)."""
+        if cls_names is not None:
+            if len(cls_names) != count:
+                raise ValueError(f"{len(cls_names)} class names for {count} images")
+            names = [self.unnamed_class() if not name else name for name in cls_names]
+            return names[0] if len(set(names)) == 1 else names
+        if self.bound_class is None:
+            return self.class_of_unbound_run()
+        return self.bound_class
+
+    def unnamed_class(self) -> str:
+        """The class of an image whose meta file names none (an empty string, kept as is by default)."""
+        return ""
+
     # ------------------------------------------------------------------ inference
     def forward(self, images: torch.Tensor, cls_names=None) -> InferenceBatch:
         """uint8 RGB `[N, 3, S, S]` -> `InferenceBatch(anomaly_map=[N, S, S], image_score=[N])`, float32, maps smoothed.

@@ -1,7 +1,7 @@
 """Few-shot references for any method that has a few-shot mode: which normal images, read once, handed to the model.
 
 A method opts in with `supports_few_shot = True`, a `few_shot` property (its settings ask for
-references) and `set_references(cls_name, uint8 images [K, 3, S, S], paths)`, which keeps what it
+references, or, with `references_switch_few_shot = True`, the reference flags alone do: WinCLIP+) and `set_references(cls_name, uint8 images [K, 3, S, S], paths)`, which keeps what it
 needs as buffers (so the memory travels with the model and into exported files). The images are
 either `--k_shot K` normal images of each evaluated class drawn from the dataset's `train` split
 with `--seed`, or the files under `--reference_dir` (a sub-folder per class, or one folder for
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+MODES = ("zero_shot", "few_shot")  # the --mode values of the methods with a few-shot mode
 DEFAULT_K_SHOT = 4  # the released APRIL-GAN test_few_shot.sh
 DEFAULT_SEED = 42  # idem
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -43,6 +44,8 @@ def check(model, args) -> None:
         if requested(args):
             raise FewShotError(f"--model {model.method} has no few-shot mode: drop --k_shot / --reference_dir")
         return
+    if requested(args) and getattr(model, "references_switch_few_shot", False):
+        model.few_shot_requested = True
     if requested(args) and not model.few_shot:
         raise FewShotError("--k_shot / --reference_dir are for few-shot mode: add --mode few_shot")
     if args.k_shot is not None and args.k_shot < 1:
@@ -127,6 +130,9 @@ def bind(model, args, device) -> dict:
     """For a run without a dataset (predict.py, export.py): the class a class-conditioned model names, and its
     few-shot references. Returns what was bound (recorded with the outputs)."""
     class_name = getattr(args, "class_name", None)
+    if class_name is None and getattr(model, "generic_class_name", None):  # a method with a generic word for it
+        class_name = model.generic_class_name
+        log.info("no --class_name: the prompts name the generic %r", class_name)
     if not getattr(model, "class_conditioned", False):
         if class_name is not None:
             raise FewShotError(f"--model {model.method} does not name the class in its prompts: drop --class_name")

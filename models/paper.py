@@ -19,6 +19,10 @@ def training_datasets(training_set: str) -> tuple[str, ...]:
     return tuple(training_set.split(COMBINED))
 
 
+NO_TRAINING = None  # a protocol's "training set" for a training-free method (WinCLIP): no checkpoint
+NO_TRAINING_WORD = "-"  # how `python -m models.paper METHOD test` prints it for test.sh
+
+
 @dataclass(frozen=True)
 class PaperRow:
     """One dataset of a paper's tables: its title, which table, and the reported values (percent)."""
@@ -60,7 +64,8 @@ class Paper:
     rows: dict  # registry name -> PaperRow, in the paper's row order
     tables: dict  # table key -> (heading, metric columns)
     training: tuple  # (training set, extra train.py flags) in train.sh's order; a set: names joined by COMBINED
-    evaluation: dict = field(default_factory=dict)  # dataset -> the training set its checkpoint was trained on
+    # dataset -> the training set its checkpoint was trained on (NO_TRAINING: a training-free method's)
+    evaluation: dict = field(default_factory=dict)
     ablations: dict = field(default_factory=dict)  # table key -> Ablation (reproduce.py runs them)
 
 
@@ -90,7 +95,7 @@ def main(argv=None) -> int:
             print(" ".join((auxiliary, *flags)))
     else:
         for dataset, auxiliary in paper.evaluation.items():
-            print(dataset, auxiliary)
+            print(dataset, NO_TRAINING_WORD if auxiliary is NO_TRAINING else auxiliary)
     return 0
 
 

@@ -23,6 +23,7 @@ class Method:
     training: type  # training hyperparameters dataclass
     model: str  # "package.module:Class" of its AnomalyModel subclass, imported lazily
     paper: str  # "package.module:NAME" of its `models.paper.Paper` (tables, protocol): required, torch-free
+    trains: bool = True  # False: training-free (WinCLIP): train.py refuses it, the other scripts take no checkpoint
 
     def model_class(self):
         return _load(self.model)

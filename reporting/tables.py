@@ -36,6 +36,11 @@ def mean_std(values: list) -> tuple:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in present) / (len(present) - 1))
 
 
+def run_seed(run: dict):
+    """The training seed a run's checkpoint was trained with; a training-free method's run has none."""
+    return run["train"].material["training"].get("seed") if run["train"] else None
+
+
 def read_runs(cell: dict) -> list[dict]:
     """The runs of a cell whose test finished, with their results.json."""
     found = []
@@ -77,7 +82,7 @@ def per_class_csv(runs: list[dict]) -> bytes:
     writer = csv.writer(buffer)
     writer.writerow(["seed", "class", *keys, "results"])
     for run in runs:
-        seed = run["train"].material["training"].get("seed")
+        seed = run_seed(run)
         for name, values in run["results"]["metrics"].items():
             writer.writerow([seed, name, *("" if values.get(k) is None else values[k] for k in keys),
                              str(run["test"].folder / "results.json")])
@@ -113,7 +118,7 @@ def build_cells(cells: list[dict], columns, seeds_asked: int, out: Path) -> list
             "delta": {c: (None if measured[c]["mean"] is None or spec.paper.get(c) is None
                           else measured[c]["mean"] - spec.paper[c]) for c in columns},
             "per_class_csv": str(csv_path) if found["runs"] else None,
-            "runs": [{"seed": run["train"].material["training"].get("seed"), "train": _job_files(run["train"]),
+            "runs": [{"seed": run_seed(run), "train": _job_files(run["train"]) if run["train"] else None,
                       "test": _job_files(run["test"])} for run in cell["runs"]],
         })
     return entries

@@ -54,6 +54,17 @@ def project_logging_restored():
         yield
 
 
+@pytest.fixture(autouse=True)
+def image_pixel_limit_restored():
+    """A script run in process (test.py's `main(argv)`) sets the process-wide `--max_image_pixels`; later tests
+    must see the default again, whatever order they run in."""
+    from deploy import image_io
+
+    limit = image_io.current_max_pixels()
+    yield
+    image_io.set_max_pixels(limit)
+
+
 def vcp_settings(config: dict) -> list[str]:
     """The model flags of SPEC_VCP §14 for a fixture's `config`."""
     return ["--image_size", str(config["image_size"]), "--features_list", *map(str, config["features_list"]),
@@ -72,7 +83,8 @@ def run_script(script: str, *args, check: bool = True, timeout: int = 300,
     return result
 
 
-def _expected(folder: Path) -> dict:
+def fixture_outputs(folder: Path) -> dict:
+    """A reference fixture's expected.npz arrays, and its expected.json as `json`."""
     with np.load(folder / "expected.npz") as arrays:
         values = {k: arrays[k] for k in arrays.files}
     values["json"] = json.loads((folder / "expected.json").read_text())
@@ -81,12 +93,12 @@ def _expected(folder: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def expected():
-    return _expected(FIXTURE)
+    return fixture_outputs(FIXTURE)
 
 
 @pytest.fixture(scope="session")
 def vcp_expected():
-    return _expected(VCP_FIXTURE)
+    return fixture_outputs(VCP_FIXTURE)
 
 
 def _clip_pt(folder: Path, target: Path) -> Path:

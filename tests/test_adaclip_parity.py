@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, fixture_outputs, run_script
 
 FIXTURE = ROOT / "tests" / "fixtures" / "adaclip_tiny"
 DATA = ROOT / "tests" / "fixtures" / "aprilgan_tiny" / "data"
@@ -26,10 +26,7 @@ METRICS = {"auroc_px": "pixel_auroc", "ap_px": "pixel_ap", "auroc_im": "image_au
 
 @pytest.fixture(scope="module")
 def expected():
-    with np.load(FIXTURE / "expected.npz") as arrays:
-        values = {k: arrays[k] for k in arrays.files}
-    values["json"] = json.loads((FIXTURE / "expected.json").read_text())
-    return values
+    return fixture_outputs(FIXTURE)
 
 
 @pytest.fixture(scope="module")

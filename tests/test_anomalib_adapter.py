@@ -383,10 +383,12 @@ def test_docs_example_runs_as_written(tmp_path):
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_anomalib_openvino_export_runs(case, tmp_path):
     """anomalib's to_openvino of the adapter (through its ONNX export), run by OpenVINO in float32."""
-    ov = pytest.importorskip("openvino", reason="openvino is not installed (requirements-deploy.txt)")
+    pytest.importorskip("openvino", reason="openvino is not installed (requirements-deploy.txt)")
+    from deploy.runners import openvino_core  # one Core per process (its docstring says why)
+
     model = _class_bound(case)
     xml = model.to_openvino(tmp_path)
-    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     paths = [case.data / s.img_path for s in case.samples if s.cls_name == case.classes[0]][:2]
     batch = torch.stack([dataset.read_image(path, model.image_size)[0] for path in paths]).float() / 255
     result = compiled(batch.numpy())

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import FIXTURE, ROOT, normalized, run_script
+from conftest import FIXTURE, ROOT, fixture_outputs, normalized, run_script
 from scipy.ndimage import gaussian_filter
 
 AC_FIXTURE = ROOT / "tests" / "fixtures" / "anomalyclip_tiny"
@@ -26,10 +26,7 @@ METRIC_NAMES = {"pixel-auroc": "pixel_auroc", "pixel-aupro": "pixel_aupro", "ima
 
 @pytest.fixture(scope="module")
 def ac():
-    with np.load(AC_FIXTURE / "expected.npz") as arrays:
-        values = {k: arrays[k] for k in arrays.files}
-    values["json"] = json.loads((AC_FIXTURE / "expected.json").read_text())
-    return values
+    return fixture_outputs(AC_FIXTURE)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, fixture_outputs, run_script
 
 FIXTURE = ROOT / "tests" / "fixtures" / "aprilgan_tiny"
 INIT_TOLERANCE = 1e-5
@@ -25,10 +25,7 @@ METRIC_TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def expected():
-    with np.load(FIXTURE / "expected.npz") as arrays:
-        values = {k: arrays[k] for k in arrays.files}
-    values["json"] = json.loads((FIXTURE / "expected.json").read_text())
-    return values
+    return fixture_outputs(FIXTURE)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def fixture_model(name):
     folder = demo.fixture_folder(name)
     assert folder is not None, f"{name}: every method ships a tiny fixture in tests/fixtures/{name}_tiny"
     settings = demo.settings_from_text(name, demo.fixture_settings(folder))
-    model = create_model(name, clip_weights=str(folder / "clip_tiny.npz"), checkpoint=folder / "init.pth",
+    model = create_model(name, clip_weights=str(folder / "clip_tiny.npz"), checkpoint=demo.fixture_checkpoint(name, folder),
                          device="cpu", **settings)
     if model.class_conditioned:  # its prompts name the class: a run without class names binds one
         model.bind_class("object")

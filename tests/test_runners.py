@@ -94,3 +94,43 @@ def test_model_info_round_trips_through_string_metadata():
     assert ModelInfo.from_metadata({**metadata, "from_a_newer_version": "1"}, "m.onnx") == info
     with pytest.raises(ExportedModelError, match="m.onnx records no model settings.*export.py"):
         ModelInfo.from_metadata({"producer": "someone else"}, "m.onnx")
+
+
+OPENVINO_RUNNERS_RELEASED_IN_ORDER = """
+import signal, subprocess, sys
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+from deploy.runners import OPENVINO_RT_INFO, ModelInfo, open_exported
+
+image = ops.parameter([-1, 3, 8, 8], ov.Type.u8, name="image")
+pixels = ops.convert(image, ov.Type.f32)
+maps = ops.reduce_mean(pixels, ops.constant(np.array([1])), keep_dims=False)
+scores = ops.reduce_max(maps, ops.constant(np.array([1, 2])), keep_dims=False)
+maps.output(0).set_names({"anomaly_map"}); scores.output(0).set_names({"image_score"})
+model = ov.Model([maps, scores], [image])
+info = ModelInfo(method="vip2", title="tiny", image_size=8, sigma=4.0, set_normalization=False)
+for key, value in info.to_metadata().items():
+    model.set_rt_info(value, [OPENVINO_RT_INFO, key])
+ov.save_model(model, sys.argv[1])
+signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, as a DataLoader with workers installs
+first, second = open_exported(sys.argv[1]), open_exported(sys.argv[1])
+first(np.zeros((1, 3, 8, 8), np.uint8)), second(np.zeros((1, 3, 8, 8), np.uint8))
+del first  # released in the order they were opened
+del second
+subprocess.run([sys.executable, "-c", "pass"], check=True)  # its SIGCHLD is handled on this thread's signal stack
+print("survived")
+"""
+
+
+def test_openvino_runners_released_in_opening_order_leave_signals_working(tmp_path):
+    """Each OpenVINO Core's CPU plugin swaps the thread's signal stack and restores it only when Cores die in
+    reverse order; the runners share one Core, else this child dies of SIGSEGV at its next handled signal."""
+    pytest.importorskip("openvino", reason="OpenVINO is optional (pip install -r requirements-deploy.txt)")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-c", OPENVINO_RUNNERS_RELEASED_IN_ORDER, str(tmp_path / "tiny.xml")],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "survived" in result.stdout, (result.returncode, result.stderr[-2000:])

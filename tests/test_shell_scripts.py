@@ -70,9 +70,10 @@ def test_train_sh_then_test_sh(method, tmp_path, tiny_weights):
             assert [d["augmented"] for d in recorded] == [d["dataset"] in named for d in recorded]
 
     # each dataset's checkpoint as test.sh finds it without $CHECKPOINTS: the training set's variable
-    first = paper.evaluation[next(name for name in paper.evaluation if (data / name).is_dir())]
-    unset = run_shell("test.sh", check=False, METHOD=method, DATA_ROOT=data, CHECKPOINTS=tmp_path / "none")
-    assert unset.returncode != 0 and f"set {checkpoint_variable(first)}" in unset.stderr
+    if paper.training:  # (a training-free method's protocol has no checkpoint to find)
+        first = paper.evaluation[next(name for name in paper.evaluation if (data / name).is_dir())]
+        unset = run_shell("test.sh", check=False, METHOD=method, DATA_ROOT=data, CHECKPOINTS=tmp_path / "none")
+        assert unset.returncode != 0 and f"set {checkpoint_variable(first)}" in unset.stderr
     variables = {checkpoint_variable(t): checkpoints / f"{t}_train" / "epoch_1.pth" for t, _ in paper.training}
     shown = run_shell("test.sh", METHOD=method, DATA_ROOT=data, CLIP_WEIGHTS=tiny_weights, RESULTS=results,
                       CHECKPOINTS=tmp_path / "none", EXTRA_ARGS=RUN, **variables)

@@ -8,7 +8,7 @@ import pytest
 
 import summarize
 from models import get_method, method_names
-from models.paper import training_datasets
+from models.paper import NO_TRAINING, training_datasets
 
 VIP2 = get_method("vip2").paper_tables()
 VCP = get_method("vcp").paper_tables()
@@ -116,10 +116,12 @@ def test_every_dataset_name_is_a_registry_name():
 
     for method in method_names():
         paper = get_method(method).paper_tables()
-        training_sets = {*paper.evaluation.values(), *(t for t, _ in paper.training)}  # a set may join several
+        trained_on = set(paper.evaluation.values()) - {NO_TRAINING}  # a training-free method's protocol has none
+        training_sets = trained_on | {t for t, _ in paper.training}  # a set may join several datasets
         names = set(paper.rows) | set(paper.evaluation) | {n for t in training_sets for n in training_datasets(t)}
         assert names <= set(DATASETS), (method, names - set(DATASETS))
-        assert set(paper.evaluation.values()) <= {t for t, _ in paper.training}, method
+        assert trained_on <= {t for t, _ in paper.training}, method
+        assert (NO_TRAINING in paper.evaluation.values()) == (not get_method(method).trains), method
 
 
 def test_vcp_table_and_a_mean_that_left_a_class_out(tmp_path):
@@ -154,3 +156,19 @@ def test_download_folder_names_match_the_paper_and_unknown_labels_are_reported(t
     (folder / "results.json").write_text(json.dumps({"dataset": "my_parts", "metrics": {"mean": {"image_auroc": 0.5}}}))
     summarize.gather(tmp_path, warn=messages.append)
     assert any("'my_parts' is not one of the ViP²-CLIP paper's datasets" in m for m in messages)
+
+
+def test_a_training_free_method_against_its_paper(tmp_path):
+    """WinCLIP's own table: its paper's rows beside the run, the run's source said to need no checkpoint."""
+    path = write_results(tmp_path / "winclip" / "visa", "visa", MVTEC)
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "method": "winclip", "checkpoint": ""}))
+    summary = summarize.main([str(tmp_path / "winclip"), "--model", "winclip"])
+    paper = get_method("winclip").paper_tables()
+    heading = paper.tables["zero_shot"][0]
+    rows = table_rows(summary, heading)
+    assert rows[0][:2] == ["VisA", "this run"] and rows[1][1] == "paper"
+    columns = paper.tables["zero_shot"][1]
+    assert row_values(rows[1]) == [paper.rows["visa"].values[c] for c in columns]
+    assert row_values(rows[0])[columns.index("pixel_auroc")] == pytest.approx(MVTEC["pixel_auroc"] * 100, abs=0.05)
+    assert "no checkpoint (training-free)" in summary

@@ -38,7 +38,6 @@ class AdaCLIP(AnomalyModel):
         self.learnable = Learnable(config, self.backbone.vision_width, self.backbone.text_width,
                                    self.backbone.embed_dim, len(self.output_layers))
         self._text_cache: dict[str, torch.Tensor] = {}  # `*_cache`: export.py empties it before tracing
-        self.bound_class: str | None = None
         self.tokenized: dict = {}  # class name -> its sentences' tokens (prompts.class_tokens), kept
         self.global_batch_size = 1  # of the training run (configure_training): it decides the dice's grouping
 
@@ -48,23 +47,9 @@ class AdaCLIP(AnomalyModel):
         quarter = self.backbone.num_vision_layers // 4
         return tuple(quarter * i for i in range(1, 5))
 
-    def bind_class(self, cls_name: str) -> None:
-        """The class every image of a run without class names is taken to be (predict.py, exported files)."""
-        self.bound_class = cls_name
+    def prepare_class(self, cls_name: str) -> None:
         if cls_name not in self.tokenized:
             self.tokenized[cls_name] = class_tokens(cls_name)
-
-    def _classes(self, cls_names, count: int) -> list[str] | str:
-        """Each image's class, or one name for the whole batch (then nothing depends on its size)."""
-        if cls_names is not None:
-            if len(cls_names) != count:
-                raise ValueError(f"{len(cls_names)} class names for {count} images")
-            names = list(cls_names)
-            return names[0] if len(set(names)) == 1 else names
-        if self.bound_class is not None:
-            return self.bound_class
-        raise ValueError("AdaCLIP's prompts name the object class: give each image's class name "
-                         "(predict.py / export.py --class_name)")
 
     # ------------------------------------------------------------------ the vision tower (SPEC §2)
     def dynamic_prompts(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -110,7 +95,7 @@ class AdaCLIP(AnomalyModel):
     # ------------------------------------------------------------------ alignment (SPEC §3-§6)
     def _features(self, images: torch.Tensor, cls_names):
         """Projected, normalised class token `[N, E]`, per layer patch tokens `[N, L, E]`, text `[N, E, 2]`."""
-        names = self._classes(cls_names, images.shape[0])
+        names = self.batch_classes(cls_names, images.shape[0])
         dynamic_visual, dynamic_text = self.dynamic_prompts(images)
         embedding, taps = self.prompted_vision(images, dynamic_visual)
         text = text_features(self.backbone, self.learnable, self.config, names, images.shape[0], dynamic_text,

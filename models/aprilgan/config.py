@@ -5,10 +5,10 @@ from dataclasses import dataclass
 
 from utils import non_negative_float, positive_int
 
+from ..fewshot import MODES
 from ..settings import at_least, non_empty, setting, setting_problems
 
 LOGIT_SCALE = 100.0  # a literal in the reference (not CLIP's learned logit scale)
-MODES = ("zero_shot", "few_shot")
 
 
 def _probability_or_off(value: float) -> str | None:

@@ -62,15 +62,12 @@ class AprilGAN(AnomalyModel):
         self._text_cache: dict[str, torch.Tensor] = {}  # `*_cache`: export.py empties it before tracing
         self.reference_classes: list[str] = []
         self.reference_paths: dict[str, list[str]] = {}
-        self.bound_class: str | None = None
 
     # Not VCP-CLIP's min-max of maps and scores: the few-shot score fusion over a class (SPEC_APRILGAN §5) is
     # `finalize`'s, which test.py applies; a per-image run (predict.py, exported files) reports the zero-shot part.
     set_normalization = False
 
-    def bind_class(self, cls_name: str) -> None:
-        """The class every image of a run without class names is taken to be (predict.py, exported files)."""
-        self.bound_class = cls_name
+    def prepare_class(self, cls_name: str) -> None:
         self.class_text(cls_name)
 
     @property
@@ -98,18 +95,6 @@ class AprilGAN(AnomalyModel):
     def text_features(self, cls_names) -> torch.Tensor:
         """`[N, E, 2]` for a batch, by class name."""
         return torch.stack([self.class_text(name) for name in cls_names])
-
-    def _classes(self, cls_names, count: int) -> list[str] | str:
-        """Each image's class, or one class name (str) for the whole batch (then nothing depends on its size)."""
-        if cls_names is not None:
-            if len(cls_names) != count:
-                raise ValueError(f"{len(cls_names)} class names for {count} images")
-            names = list(cls_names)
-            return names[0] if len(set(names)) == 1 else names
-        if self.bound_class is not None:
-            return self.bound_class
-        raise ValueError("APRIL-GAN's prompts name the object class: give each image's class name "
-                         "(predict.py / export.py --class_name)")
 
     def _text_for(self, names, count: int) -> torch.Tensor:
         if isinstance(names, str):
@@ -164,7 +149,7 @@ class AprilGAN(AnomalyModel):
         return (LOGIT_SCALE * torch.einsum("ne,nes->ns", image, text)).softmax(dim=-1)[:, 1]
 
     def predict(self, images: torch.Tensor, cls_names=None) -> tuple[torch.Tensor, torch.Tensor]:
-        names = self._classes(cls_names, images.shape[0])
+        names = self.batch_classes(cls_names, images.shape[0])
         layers = set(self.config.layers) | (set(self.config.memory_layers) if self.few_shot else set())
         final, taps = self.backbone.residual_streams(images, sorted(layers))
         text = self._text_for(names, images.shape[0])
@@ -212,7 +197,7 @@ class AprilGAN(AnomalyModel):
 
     # ------------------------------------------------------------------ training (SPEC_APRILGAN §6)
     def training_losses(self, features, masks, labels, cls_names=None) -> dict[str, torch.Tensor]:
-        names = self._classes(cls_names, masks.shape[0])
+        names = self.batch_classes(cls_names, masks.shape[0])
         maps = self.probability_maps(features, self._text_for(names, masks.shape[0]))
         target = masks.float()
         total = 0
