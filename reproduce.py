@@ -33,7 +33,7 @@ import train as train_script
 from engine.jobs import Job, Runner, clip_fingerprint, file_sha256, job_folder, source_hash
 from models import get_method, method_names
 from metrics import METRIC_KEYS
-from models.paper import Ablation
+from models.paper import Ablation, training_datasets
 from models.settings import flag_name, values_from_args
 from reporting import tables as tables_out
 
@@ -72,7 +72,7 @@ class CellSpec:
     row: str  # the table row's label
     method: str
     dataset: str
-    training: str  # the training set
+    training: str  # the training set (registry names joined by models.paper.COMBINED: trained together)
     train_flags: tuple  # the training set's flags from the method's paper
     settings: dict  # setting name -> value (beyond the defaults)
     paper: dict  # metric -> the paper's percent
@@ -252,13 +252,24 @@ class Planner:
         args = self.args
         return ["--clip_weights", str(args.clip_weights), "--device", args.device, "--precision", args.precision]
 
+    def training_data(self, training_set: str):
+        """`data` for a training set: one dataset's, or for several (trained together) the roots, the meta
+        hashes and the image count of all (None where one is missing)."""
+        parts = [self.data(name) for name in training_datasets(training_set)]
+        if len(parts) == 1:
+            root, _, meta_hash, images = parts[0]
+            return [root], meta_hash, images
+        counts = [images for *_, images in parts]
+        return ([root for root, *_ in parts], [meta_hash for _, _, meta_hash, _ in parts],
+                None if None in counts else sum(counts))
+
     def train_job(self, spec: CellSpec, seed) -> Job:
-        root, _, meta_hash, images = self.data(spec.training)
+        roots, meta_hash, images = self.training_data(spec.training)
         row_flags = setting_flags(spec.method, spec.settings)[0]
         seed_flags = ["--seed", str(seed)] if seed is not None else []
         tail = [*spec.train_flags, *shlex.split(self.args.train_args), *row_flags, *seed_flags]
         parsed = train_script.build_parser(spec.method).parse_args(
-            ["--model", spec.method, "--train_data_path", str(root or "."), *tail])
+            ["--model", spec.method, "--train_data_path", *(str(root or ".") for root in roots), *tail])
         info = get_method(spec.method)
         material = {"kind": "train", "method": spec.method, "dataset": spec.training, "data": meta_hash,
                     "settings": values_from_args(parsed, info.config),
@@ -268,7 +279,8 @@ class Planner:
             material["processes"] = self.args.nproc
         folder = job_folder(self.work, "train", spec.method, spec.training, material)
         epochs = material["training"]["epoch"]
-        argv = ["train.py", "--model", spec.method, "--dataset", spec.training, "--train_data_path", str(root),
+        argv = ["train.py", "--model", spec.method, "--dataset", *training_datasets(spec.training),
+                "--train_data_path", *map(str, roots),
                 "--save_path", str(folder), *self._common(), *tail]
         return self._add(Job("train", spec.method, spec.training, material, argv, folder,
                              (f"epoch_{epochs}.pth", "train_stats.json"), images, epochs))
@@ -313,7 +325,8 @@ class Planner:
                 runs.append({"seed": seed, "train": trained, "test": self.test_job(spec, trained)})
             cells.append({"spec": spec, "runs": runs})
         for job in self.jobs.values():
-            datasets = {job.dataset, job.depends.dataset if job.depends else job.dataset}
+            datasets = {name for named in (job.dataset, job.depends.dataset if job.depends else job.dataset)
+                        for name in training_datasets(named)}
             if job.state == "todo" and datasets & self.missing:
                 job.state = "no data"
         return cells

@@ -5,7 +5,8 @@
 #   METHOD=anomalyclip:    the VisA-trained model on MVTec AD, the MVTec-trained one on every other dataset.
 #   METHOD=aprilgan:       the VisA-trained model on MVTec AD, the MVTec-trained one on VisA (zero-shot; few-shot:
 #                          EXTRA_ARGS="--mode few_shot --k_shot 4").
-#   METHOD=adaclip:        the VisA-trained model on MVTec AD and ColonDB, the MVTec-trained one on every other dataset.
+#   METHOD=adaclip:        the VisA+ClinicDB-trained model on MVTec AD and ColonDB, the MVTec AD+ColonDB-trained one on
+#                          every other dataset.
 #   METHOD=winclip:        training-free, MVTec AD and VisA as they are (WinCLIP+: EXTRA_ARGS="--k_shot 4"); its
 #                          numbers need CLIP_WEIGHTS=the laion400m_e31 ViT-B-16-plus-240 file (SPEC_WINCLIP §1).
 # Which checkpoint evaluates which dataset comes from the method's paper (`python -m models.paper $METHOD test`);
@@ -21,7 +22,8 @@ DATA_ROOT=${DATA_ROOT:-./data}                 # DATA_ROOT/NAME/meta.json, or DA
 CLIP_WEIGHTS=${CLIP_WEIGHTS:-openai}           # ViT-L-14-336px.pt, a state dict, or 'openai'
 CHECKPOINTS=${CHECKPOINTS:-./checkpoints/$METHOD}
 # The checkpoint trained on NAME: ${NAME}_CHECKPOINT (e.g. MVTEC_CHECKPOINT=mvtec_train_epoch_10.pth, the
-# authors' release), else the last epoch_{n}.pth in $CHECKPOINTS/NAME_train/.
+# authors' release), else the last epoch_{n}.pth in $CHECKPOINTS/NAME_train/. A training set of several
+# datasets, NAME+NAME: ${NAME_NAME}_CHECKPOINT (e.g. MVTEC_COLONDB_CHECKPOINT=weights/pretrained_mvtec_colondb.pth).
 RESULTS=${RESULTS:-./results/$METHOD}
 DEVICE=${DEVICE:-auto}
 PRECISION=${PRECISION:-fp32}
@@ -31,8 +33,14 @@ NPROC=${NPROC:-1}                              # >1: each evaluation sharded ove
 GPUS=${GPUS:-}                                 # e.g. 0,1,2,3: the evaluations side by side, one GPU each
 source ./scripts_common.sh
 
-checkpoint_of() {  # the checkpoint trained on auxiliary dataset $1
-    local variable="${1^^}_CHECKPOINT"
+checkpoint_variable() {  # the variable naming the checkpoint trained on $1: MVTEC_CHECKPOINT, MVTEC_COLONDB_CHECKPOINT
+    local upper="${1^^}"
+    echo "${upper//+/_}_CHECKPOINT"
+}
+
+checkpoint_of() {  # the checkpoint trained on training set $1
+    local variable
+    variable=$(checkpoint_variable "$1")
     if [[ -n "${!variable:-}" ]]; then echo "${!variable}"; return; fi
     # `|| true`: with no epoch file `ls` fails, and under pipefail that would end the script silently (exit 2)
     # before the message below could say why
@@ -51,7 +59,7 @@ while read -r dataset auxiliary; do
     if [[ "$auxiliary" != "-" ]]; then
         checkpoint=$(checkpoint_of "$auxiliary")
         if [[ -z "$checkpoint" ]]; then
-            echo "test.sh: no checkpoint trained on $auxiliary for $dataset: run train.sh, or set ${auxiliary^^}_CHECKPOINT" >&2
+            echo "test.sh: no checkpoint trained on $auxiliary for $dataset: run train.sh, or set $(checkpoint_variable "$auxiliary")" >&2
             exit 1
         fi
         checkpoint_flags=(--checkpoint_path "$checkpoint")

@@ -3,11 +3,15 @@
     python train.py --train_data_path data/mvtec --save_path checkpoints/mvtec_train --clip_weights ViT-L-14-336px.pt
     python train.py --model vcp --train_data_path data --dataset visa --learning_rate 4e-5 \\
         --save_path checkpoints/vcp_visa_train --clip_weights ViT-L-14-336px.pt
+    python train.py --model adaclip --train_data_path data/mvtec data/colondb --dataset mvtec colondb \\
+        --aug_rate 0.2 --augment_datasets mvtec --save_path checkpoints/adaclip/mvtec+colondb_train
 
-As in both references, training uses the *test* split of the auxiliary dataset's meta
-file, all classes. Without augmentation (ViP²-CLIP; VCP-CLIP with `--aug_rate -1
---no_albumentations`) the frozen backbone's features are computed once and reused for
-every later epoch (`--cache_features`). `epoch_{n}.pth` is written every `--save_freq`
+As in the references, training uses the *test* split of the auxiliary dataset's meta
+file, all classes; several roots train together, one after the other (AdaCLIP's authors
+train on two datasets per run; `--augment_datasets` names those the augmentation applies
+to). Without augmentation (ViP²-CLIP; VCP-CLIP with `--aug_rate -1 --no_albumentations`)
+the frozen backbone's features are computed once and reused for every later epoch
+(`--cache_features`). `epoch_{n}.pth` is written every `--save_freq`
 epochs and after the last, atomically, in the method's released layout plus its settings.
 """
 from __future__ import annotations
@@ -34,11 +38,18 @@ def build_parser(method_name: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_method_flag(parser, method_name)
     data = parser.add_argument_group("data")
-    data.add_argument("--train_data_path", required=True,
-                      help="dataset root holding meta.json or meta_<dataset>.json (its test split is used)")
-    data.add_argument("--dataset", default=None,
+    data.add_argument("--train_data_path", required=True, nargs="+", metavar="ROOT",
+                      help="dataset root holding meta.json or meta_<dataset>.json (its test split is used); "
+                           "several roots train together, their items one after the other in this order (AdaCLIP's "
+                           "authors train on MVTec AD + ColonDB)")
+    data.add_argument("--dataset", default=None, nargs="+", metavar="NAME",
                       help="picks meta_<dataset>.json in the root (the VCP-CLIP authors' layout) and labels the "
-                           "logs (default: the root's meta.json, labelled with the folder's name)")
+                           "logs (default: the root's meta.json, labelled with the folder's name); one name per "
+                           "--train_data_path root")
+    data.add_argument("--augment_datasets", default=None, nargs="+", metavar="NAME",
+                      help="the training datasets (their --dataset names, else their folders' names) the method's "
+                           "training augmentation applies to; the others are read as they are (default: all; "
+                           "AdaCLIP's authors mosaic MVTec AD, not ColonDB)")
     data.add_argument("--save_path", default="./checkpoints", help="folder for epoch_{n}.pth, log.txt and losses.json")
     data.add_argument("--val_data_path", default=None,
                       help="optional: a dataset root whose test split is scored (pixel AP) after every epoch; "
@@ -105,30 +116,33 @@ def main(argv=None) -> Path:
 
     # Everything below imports torch; every input is checked before anything is written.
     from engine import distributed
+    from engine.training_data import training_dataset, training_labels
     from dataset import AnomalyDataset
     from deploy import image_io
     from models import resolve_config
     from models.checkpoint import read_checkpoint
     from utils import hold_log_records
 
+    labels = training_labels(args.train_data_path, args.dataset, args.augment_datasets)  # before reading anything
     hold_log_records()  # what the checks below say reaches log.txt, which cannot exist before they pass
     image_io.set_max_pixels(args.max_image_pixels)
     init = read_checkpoint(args.init_checkpoint, "--init_checkpoint") if args.init_checkpoint else None
     config = resolve_config(method.name, init, args.init_checkpoint, "--init_checkpoint", **settings)
     image_size = config.image_size
     inputs = {"mask_threshold": args.mask_threshold, "max_pixels": args.max_image_pixels}
-    dataset = AnomalyDataset(args.train_data_path, image_size, split=TRAIN_SPLIT, dataset=args.dataset,
-                             augmentation=training.augmentation(), **inputs)
+    dataset = training_dataset(args.train_data_path, args.dataset, args.augment_datasets, image_size,
+                               split=TRAIN_SPLIT, augmentation=training.augmentation(), **inputs)
     validation = (AnomalyDataset(args.val_data_path, image_size, split="test", dataset=args.val_dataset, **inputs)
                   if args.val_data_path else None)
     with distributed.session(args.device) as (context, device):
-        return _train(args, method, training, (config, settings), save_path, to_remove, dataset, validation, init,
-                      context, device)
+        return _train(args, method, training, (config, settings), save_path, to_remove, (dataset, labels),
+                      validation, init, context, device)
 
 
-def _train(args, method, training, resolved, save_path, to_remove, dataset, validation, init, context, device):
+def _train(args, method, training, resolved, save_path, to_remove, data, validation, init, context, device):
     """Build the model and run the epochs (every rank, under torchrun); rank 0 logs and writes.
-    `resolved`: the settings resolved once in `main`, and the values the user gave (for messages)."""
+    `resolved`: the settings resolved once in `main`, and the values the user gave (for messages);
+    `data`: the training dataset and the label of each dataset in it."""
     import torch
 
     from engine import distributed
@@ -137,8 +151,10 @@ def _train(args, method, training, resolved, save_path, to_remove, dataset, vali
     from engine.devices import (configure_precision, loader_workers, log_machine, memory_note, peak_gpu_memory_gb,
                                 reset_peak_gpu_memory, set_seed, shared_memory_warning)
     from engine.training import Trainer
+    from engine.training_data import parts_of, training_record
     from utils import setup_logger
 
+    dataset, labels = data
     distributed.check_batch(training.batch_size, context)
     image_size = dataset.image_size
 
@@ -162,7 +178,10 @@ def _train(args, method, training, resolved, save_path, to_remove, dataset, vali
                                   f"{staging} (the next --overwrite run removes them)")
     save_path = staging or save_path
     logger = setup_logger("zsas.train", save_path if context.is_main else None, quiet=not context.is_main)
-    label = args.dataset or Path(args.train_data_path).name
+    label = "+".join(labels)
+    if args.augment_datasets and dataset.augmentation is None:
+        logger.warning("--augment_datasets %s changes nothing: %s trains without augmentation with these settings",
+                       " ".join(args.augment_datasets), method.title)
     if dataset.anomalous_count == 0:
         logger.warning("%s has no anomalous image in its %s split: the pixel losses have no defect to learn from",
                        dataset.meta_path, TRAIN_SPLIT)
@@ -177,9 +196,13 @@ def _train(args, method, training, resolved, save_path, to_remove, dataset, vali
                       workers=workers, seed=training.seed, epochs=training.epoch, cache_mode=args.cache_features,
                       optimizer=optimizer, scaler=scaler, logger=logger, context=context)
     processes = f", {context.world_size} processes" if context.enabled else ""
-    logger.info("training %s on %s (%s, %d images, %d classes) on %s%s, precision %s, augmentation: %s",
+    augmented = [name for name, part in parts_of(dataset) if part.augmentation is not None and name]
+    logger.info("training %s on %s (%s, %d images, %d classes) on %s%s, precision %s, augmentation: %s%s",
                 method.title, dataset.meta_path, label, len(dataset), len(dataset.class_names), device, processes,
-                args.precision, dataset.augmentation or "none")
+                args.precision, dataset.augmentation or "none", f" on {', '.join(augmented)}" if augmented else "")
+    for part_label, part in parts_of(dataset) if len(labels) > 1 else ():  # which data, and which is augmented
+        logger.info("training data %s: %s (%d images, %d classes), augmentation: %s", part_label, part.meta_path,
+                    len(part), len(part.class_names), part.augmentation or "none")
     logger.info("settings: %s", json.dumps(model.recorded_config()))
     logger.info("training: %s", json.dumps(vars(training)))
     log_machine(logger, args.precision, device)
@@ -204,13 +227,14 @@ def _train(args, method, training, resolved, save_path, to_remove, dataset, vali
         if epoch % args.save_freq == 0 or epoch == training.epoch:
             last_saved = save_path / f"epoch_{epoch}.pth"
             if context.is_main:
-                save_checkpoint(last_saved, model, epoch)
+                save_checkpoint(last_saved, model, epoch, training_data=training_record(dataset, labels))
                 logger.info("saved %s", last_saved)
     seconds = time.time() - start
     stats = {"method": method.name, "epochs": training.epoch, "images": len(dataset), "seconds": seconds,
              "images_per_second": training.epoch * len(dataset) / seconds, "precision": args.precision,
              "feature_cache": str(trainer.cache_place or "off"), "device": str(device),
-             "processes": context.world_size, "peak_gpu_memory_gb": peak_gpu_memory_gb(device)}
+             "processes": context.world_size, "peak_gpu_memory_gb": peak_gpu_memory_gb(device),
+             "training_data": training_record(dataset, labels)}
     if context.is_main:
         atomic_write_json(stats, save_path / "train_stats.json")
     logger.info("trained %d epochs in %.1f s (%.1f images/s)%s", training.epoch, seconds,

@@ -4,10 +4,13 @@
 #   METHOD=vcp:            VCP-CLIP on VisA (lr 4e-5, no mosaic) and on MVTec AD (lr 2e-5), SPEC_VCP §6, §12.
 #   METHOD=anomalyclip:    AnomalyCLIP on VisA (for MVTec AD) and on MVTec AD (for every other dataset), SPEC_ANOMALYCLIP §7.
 #   METHOD=aprilgan:       APRIL-GAN on MVTec AD (3 epochs, mosaic 0.2) and on VisA (15 epochs), SPEC_APRILGAN §6.
-#   METHOD=adaclip:        AdaCLIP on MVTec AD (mosaic 0.2) and on VisA (the authors add ColonDB / ClinicDB: not here), SPEC_ADACLIP §7.
+#   METHOD=adaclip:        AdaCLIP on MVTec AD + ColonDB (one run, the mosaic 0.2 on MVTec AD only) and on VisA + ClinicDB,
+#                          SPEC_ADACLIP §7.
 #   METHOD=winclip:        nothing: WinCLIP is training-free (test.sh evaluates it as it is).
-# The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); every
-# other setting is the method's default, which is the paper's (`python train.py --model $METHOD --help`).
+# The runs and their flags come from the method's paper (`python -m models.paper $METHOD train`); a training
+# set NAME+NAME trains on both datasets in one run (train.py --train_data_path A B --dataset NAME NAME) and
+# writes $CHECKPOINTS/NAME+NAME_train/. Every other setting is the method's default, which is the paper's
+# (`python train.py --model $METHOD --help`).
 # Edit the variables below, or set them in the environment:
 #   DATA_ROOT=/data CLIP_WEIGHTS=ViT-L-14-336px.pt METHOD=vcp bash train.sh
 set -euo pipefail
@@ -17,7 +20,7 @@ PYTHON=${PYTHON:-python}                       # the interpreter (a virtual envi
 METHOD=${METHOD:-$("$PYTHON" -m models.paper default)}  # one of: python -m models.paper methods
 DATA_ROOT=${DATA_ROOT:-./data}                 # DATA_ROOT/NAME/meta.json, or DATA_ROOT/meta_NAME.json (VCP-CLIP's layout)
 CLIP_WEIGHTS=${CLIP_WEIGHTS:-openai}           # ViT-L-14-336px.pt, a state dict, or 'openai'
-CHECKPOINTS=${CHECKPOINTS:-./checkpoints/$METHOD}   # epoch_{n}.pth land in $CHECKPOINTS/{NAME}_train/
+CHECKPOINTS=${CHECKPOINTS:-./checkpoints/$METHOD}   # epoch_{n}.pth land in $CHECKPOINTS/{TRAINING_SET}_train/
 DEVICE=${DEVICE:-auto}
 PRECISION=${PRECISION:-fp32}                   # fp32 reproduces the reference; bf16 is faster on a GPU
 EXTRA_ARGS=${EXTRA_ARGS:-}                     # e.g. "--overwrite" to run again into the same folders
@@ -31,12 +34,17 @@ if [[ -z "$protocol" ]]; then  # a training-free method's paper names no trainin
     exit 0
 fi
 while read -r auxiliary flags; do
-    data=$(data_path "$auxiliary")
+    IFS='+' read -r -a names <<< "$auxiliary"   # its datasets (models/paper.py's COMBINED joins them)
+    roots=()
+    for name in "${names[@]}"; do
+        data=$(data_path "$name")
+        roots+=("${data:-$DATA_ROOT}")
+    done
     # shellcheck disable=SC2086  # $flags, $EXTRA_ARGS and the launcher are lists of words
     run_job "training on $auxiliary" "$CHECKPOINTS/${auxiliary}_train.console.txt" $(launcher) train.py \
         --model "$METHOD" \
-        --dataset "$auxiliary" \
-        --train_data_path "${data:-$DATA_ROOT}" \
+        --dataset "${names[@]}" \
+        --train_data_path "${roots[@]}" \
         --save_path "$CHECKPOINTS/${auxiliary}_train" \
         --clip_weights "$CLIP_WEIGHTS" \
         --device "$DEVICE" --precision "$PRECISION" $flags $EXTRA_ARGS

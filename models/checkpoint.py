@@ -2,8 +2,9 @@
 
 Each method knows its own key layout (the authors' released format, so that either code
 base reads the other's files). Files this project writes add `method`, `settings` (the
-model settings they were trained with), `epoch`, `format` and `clip_fingerprint`, so
-`test.py` needs no repeated flags and can tell a checkpoint used with other CLIP weights.
+model settings they were trained with), `epoch`, `format`, `clip_fingerprint` and
+`training_data` (the datasets that trained it), so `test.py` needs no repeated flags and can
+tell a checkpoint used with other CLIP weights.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ NOT_CHECKPOINTS = {".json": "a JSON file (a meta.json?)", ".npz": "a NumPy archi
                    ".png": "an image", ".jpg": "an image", ".jpeg": "an image", ".bmp": "an image",
                    ".onnx": "an exported ONNX model (predict.py --onnx runs it)",
                    ".safetensors": "a safetensors file (CLIP weights? --clip_weights takes them)"}
+# What save_checkpoint adds to a method's released layout (so a method's `recognizes` can look past them)
+PROJECT_KEYS = ("method", "settings", "epoch", "format", "clip_fingerprint", "training_data")
 FINGERPRINT_KEYS = ("visual.proj", "text_projection", "visual.class_embedding", "ln_final.weight")
 
 
@@ -163,9 +166,12 @@ def clip_fingerprint(clip: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def save_checkpoint(path: str | os.PathLike, model, epoch: int) -> None:
-    """Write the method's released layout plus what this project records, atomically."""
+def save_checkpoint(path: str | os.PathLike, model, epoch: int, training_data: list | None = None) -> None:
+    """Write the method's released layout plus what this project records, atomically; `training_data`
+    (train.py's): the datasets that trained it (label, meta file, images, augmented or not)."""
     state = model.checkpoint_state()
     state.update({"method": model.method, "settings": model.recorded_config(), "epoch": epoch, "format": FORMAT,
                   "clip_fingerprint": model.clip_fingerprint})
+    if training_data is not None:
+        state["training_data"] = training_data
     atomic_torch_save(state, path)

@@ -3,14 +3,25 @@
 `summarize.py` lays results out like the paper's tables from these rows, `train.sh` and
 `test.sh` read the protocol (which auxiliary datasets train, which checkpoint evaluates
 which dataset) from them, and every dataset key is a `generate_dataset_json` registry
-name (a test checks it): the dataset names live in one registry.
+name (a test checks it): the dataset names live in one registry. A training set is one
+registry name, or several joined by `+` (`mvtec+colondb`: AdaCLIP's authors train on both
+at once, in that order: `train.py --train_data_path A B --dataset a b`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+COMBINED = "+"  # joins the datasets of a training set trained in one run (train.sh and test.sh split on it too)
+
+
+def training_datasets(training_set: str) -> tuple[str, ...]:
+    """The registry names of a training set, in training order: `mvtec+colondb` -> ('mvtec', 'colondb')."""
+    return tuple(training_set.split(COMBINED))
+
+
 NO_TRAINING = None  # a protocol's "training set" for a training-free method (WinCLIP): no checkpoint
 NO_TRAINING_WORD = "-"  # how `python -m models.paper METHOD test` prints it for test.sh
+
 
 @dataclass(frozen=True)
 class PaperRow:
@@ -41,7 +52,7 @@ class Ablation:
 
     heading: str
     dataset: str  # registry name of the evaluated dataset
-    training: str  # the auxiliary dataset the rows train on
+    training: str  # the training set the rows train on (registry names joined by COMBINED)
     columns: tuple  # metric keys
     rows: tuple  # AblationRow, in the paper's order
     note: str = ""  # what the paper's table has that these rows cannot express, or where its numbers come from
@@ -52,8 +63,8 @@ class Paper:
     title: str
     rows: dict  # registry name -> PaperRow, in the paper's row order
     tables: dict  # table key -> (heading, metric columns)
-    training: tuple  # (auxiliary dataset, extra train.py flags) in train.sh's order
-    # dataset -> the auxiliary dataset its checkpoint was trained on (NO_TRAINING: a training-free method's)
+    training: tuple  # (training set, extra train.py flags) in train.sh's order; a set: names joined by COMBINED
+    # dataset -> the training set its checkpoint was trained on (NO_TRAINING: a training-free method's)
     evaluation: dict = field(default_factory=dict)
     ablations: dict = field(default_factory=dict)  # table key -> Ablation (reproduce.py runs them)
 
@@ -61,7 +72,8 @@ class Paper:
 def main(argv=None) -> int:
     """`python -m models.paper METHOD train|test`: the protocol as lines for train.sh and test.sh.
 
-    train: `AUXILIARY FLAG...` per training run; test: `DATASET AUXILIARY` per evaluation.
+    train: `TRAINING_SET FLAG...` per training run; test: `DATASET TRAINING_SET` per evaluation (a training
+    set: a registry name, or several joined by `+`, trained together in one run)
     `python -m models.paper default` prints the default method, `... methods` every registered one."""
     import argparse
     import sys

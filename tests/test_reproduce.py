@@ -61,6 +61,26 @@ def test_a_comparison_table_trains_once_per_training_set_and_seed(owner, tmp_pat
     assert all(j.state == "no data" for j in jobs)  # nothing under ./data here: planned, not run
 
 
+def test_a_training_set_of_two_datasets_is_one_train_job_over_both(tmp_path):
+    """AdaCLIP's protocol trains on MVTec AD + ColonDB in one run: one train.py with both roots, in that order; the
+    set without data (VisA + ClinicDB here) is planned, not run, and so are the tests depending on it."""
+    paper = get_method("adaclip").paper_tables()
+    roots = {"mvtec": VCP_FIXTURE / "data", "colondb": FIXTURE / "data"}
+    planner, _, _ = plan(tmp_path, "--table", "adaclip:all", "--methods", "adaclip", "--work", str(tmp_path),
+                         "--clip_weights", str(CLIP), "--data", *(f"{k}={v}" for k, v in roots.items()))
+    trains = {job.dataset: job for job in planner.jobs.values() if job.kind == "train"}
+    assert set(trains) == {training_set for training_set, _ in paper.training}
+    job = trains["mvtec+colondb"]
+    at = job.argv.index("--dataset")
+    assert job.argv[at:at + 6] == ["--dataset", "mvtec", "colondb", "--train_data_path",
+                                   str(roots["mvtec"].resolve()), str(roots["colondb"].resolve())]
+    assert job.argv[job.argv.index("--augment_datasets") + 1] == "mvtec"
+    assert job.images == sum(reproduce.test_images(reproduce.meta_of(root, name)) for name, root in roots.items())
+    assert job.state == "todo" and trains["visa+clinicdb"].state == "no data"
+    tests = [j for j in planner.jobs.values() if j.kind == "test"]
+    assert all(j.state == "no data" for j in tests if j.depends.dataset == "visa+clinicdb")
+
+
 def test_every_declared_table_is_listed_and_a_new_method_joins_comparisons(tmp_path, monkeypatch):
     names = reproduce.table_names()
     for method in method_names():

@@ -13,6 +13,7 @@ from conftest import ROOT
 from generate_dataset_json.synthetic import make_synthetic_dataset
 from models import get_method, method_names
 from models.clip_loader import random_clip_state_dict
+from models.paper import training_datasets
 
 TINY_NO_LAYERS = "--image_size 112 --device cpu --num_workers 0"  # a method whose layers follow the tower (AdaCLIP)
 TINY = f"--features_list 1 2 3 4 {TINY_NO_LAYERS}"
@@ -37,26 +38,45 @@ def tiny_weights(tmp_path_factory):
     return path
 
 
+def checkpoint_variable(training_set: str) -> str:
+    """test.sh's variable for a training set's checkpoint: MVTEC_CHECKPOINT, MVTEC_COLONDB_CHECKPOINT (mvtec+colondb)."""
+    return training_set.upper().replace("+", "_") + "_CHECKPOINT"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", method_names())
 def test_train_sh_then_test_sh(method, tmp_path, tiny_weights):
+    """Every training set of the protocol trains (several datasets in one run where the set names several, as
+    AdaCLIP's MVTec AD + ColonDB), and test.sh takes each dataset's checkpoint from its training set."""
     paper = get_method(method).paper_tables()
     data = tmp_path / "data"
     # one more dataset where the protocol has one (APRIL-GAN's has only the two)
     extra = next((name for name in paper.evaluation if name not in ("mvtec", "visa")), None)
     evaluated = ("mvtec", "visa", extra) if extra else ("mvtec", "visa")
-    for seed, name in enumerate(evaluated):
+    trained_on = [name for training_set, _ in paper.training for name in training_datasets(training_set)]
+    for seed, name in enumerate(dict.fromkeys((*evaluated, *trained_on))):
         make_synthetic_dataset(data / name, classes=(f"{name}_synth",), n_normal=2, n_anomalous=2, seed=seed)
     checkpoints, results = tmp_path / "checkpoints", tmp_path / "results"
 
     tiny = TINY if any(f.name == "features_list" for f in fields(get_method(method).config)) else TINY_NO_LAYERS
     run_shell("train.sh", METHOD=method, DATA_ROOT=data, CLIP_WEIGHTS=tiny_weights, CHECKPOINTS=checkpoints,
               EXTRA_ARGS=f"{tiny} --epoch 1")
-    for auxiliary, _ in paper.training:
-        assert (checkpoints / f"{auxiliary}_train" / "epoch_1.pth").is_file()
+    for training_set, flags in paper.training:
+        recorded = torch.load(checkpoints / f"{training_set}_train" / "epoch_1.pth", weights_only=True)["training_data"]
+        assert [d["dataset"] for d in recorded] == list(training_datasets(training_set))
+        if "--augment_datasets" in flags:  # the augmentation only where the paper's protocol applies it
+            named = flags[flags.index("--augment_datasets") + 1:]
+            named = named[:next((i for i, f in enumerate(named) if f.startswith("--")), len(named))]
+            assert [d["augmented"] for d in recorded] == [d["dataset"] in named for d in recorded]
 
+    # each dataset's checkpoint as test.sh finds it without $CHECKPOINTS: the training set's variable
+    if paper.training:  # (a training-free method's protocol has no checkpoint to find)
+        first = paper.evaluation[next(name for name in paper.evaluation if (data / name).is_dir())]
+        unset = run_shell("test.sh", check=False, METHOD=method, DATA_ROOT=data, CHECKPOINTS=tmp_path / "none")
+        assert unset.returncode != 0 and f"set {checkpoint_variable(first)}" in unset.stderr
+    variables = {checkpoint_variable(t): checkpoints / f"{t}_train" / "epoch_1.pth" for t, _ in paper.training}
     shown = run_shell("test.sh", METHOD=method, DATA_ROOT=data, CLIP_WEIGHTS=tiny_weights, RESULTS=results,
-                      CHECKPOINTS=checkpoints, EXTRA_ARGS=RUN)
+                      CHECKPOINTS=tmp_path / "none", EXTRA_ARGS=RUN, **variables)
     if "dagm" in paper.evaluation:
         assert "skipping dagm: no" in shown.stdout
     for dataset in evaluated:

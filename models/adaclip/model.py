@@ -8,14 +8,13 @@ import torch.nn.functional as F
 
 from ..backbone import FrozenCLIP
 from ..base import AnomalyModel, check_image_size
-from ..checkpoint import CheckpointError, check_state
+from ..checkpoint import PROJECT_KEYS, CheckpointError, check_state
 from ..losses import dice_loss, focal_loss
 from .config import ADAMW_BETAS, HSF_ALPHA, LOGIT_SCALE
 from .fusion import hybrid_semantic_fusion
 from .prompts import Learnable, block_context, class_tokens, text_features
 
 PREFIX = "clip_model."  # the reference saves its trainer's state dict: the model sits under `clip_model`
-PROJECT_KEYS = ("method", "settings", "epoch", "format", "clip_fingerprint")  # what save_checkpoint adds
 
 
 class AdaCLIP(AnomalyModel):

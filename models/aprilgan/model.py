@@ -18,13 +18,12 @@ from prompt_ensemble import aprilgan_sentences, tokenize
 
 from ..backbone import FrozenCLIP
 from ..base import AnomalyModel, check_image_size
-from ..checkpoint import CheckpointError, check_state
+from ..checkpoint import PROJECT_KEYS, CheckpointError, check_state
 from ..losses import dice_loss, focal_loss
 from .config import LOGIT_SCALE
 
 LINEAR_KEY = "trainable_linearlayer"  # the authors' checkpoint key
 MEMORY_PREFIX = "fewshot_memory"
-PROJECT_KEYS = ("method", "settings", "epoch", "format", "clip_fingerprint")  # what save_checkpoint adds
 
 
 class LinearLayers(nn.Module):
