@@ -42,6 +42,26 @@ def test_forward_returns_the_named_outputs_an_export_carries(name):
 
 
 @pytest.mark.parametrize("name", method_names())
+def test_bf16_evaluation_stays_close_to_float32(name):
+    """`--precision bf16` (autocast, as engine/inference.py runs it): float32 outputs, finite, within 5% of the
+    float32 maps' magnitude (measured on the tiny fixtures: 0.7% to 4%)."""
+    from engine.devices import autocast
+
+    model = fixture_model(name)
+    images = torch.randint(0, 256, (2, 3, model.image_size, model.image_size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = model(images)
+        with autocast("bf16", torch.device("cpu")):
+            low = model(images)
+    assert low.anomaly_map.dtype == low.image_score.dtype == torch.float32
+    assert torch.isfinite(low.anomaly_map).all() and torch.isfinite(low.image_score).all()
+    scale = max(1.0, reference.anomaly_map.abs().max().item())
+    assert (low.anomaly_map - reference.anomaly_map).abs().max().item() <= 0.05 * scale
+    assert (low.image_score - reference.image_score).abs().max().item() <= 0.05 * scale
+
+
+@pytest.mark.parametrize("name", method_names())
 def test_every_method_has_its_paper_and_protocol(name):
     method = get_method(name)
     assert contract_problems(method) == []
