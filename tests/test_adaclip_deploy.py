@@ -1,13 +1,13 @@
 """AdaCLIP beyond test.py: class binding, predict.py, export.py (ONNX within 1e-4), bad settings, the mosaic."""
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT, project_logging_kept
+from export_checks import assert_predict_onnx_equals_torch, assert_runner_equals_model, score_rows
 
 FIXTURE = ROOT / "tests" / "fixtures" / "adaclip_tiny"
 DATA = ROOT / "tests" / "fixtures" / "aprilgan_tiny" / "data"
@@ -27,11 +27,6 @@ def _model(clip, **settings):
 
     return create_model("adaclip", clip=clip, checkpoint=FIXTURE / "init.pth", **{"image_size": 98, "k_clusters": 3,
                                                                                 **settings})
-
-
-def _rows(folder: Path) -> list[dict]:
-    with open(folder / "scores.csv", newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def test_a_bound_class_equals_named_images(clip):
@@ -95,7 +90,7 @@ def test_predict_with_a_class_equals_the_model(clip, tmp_path):
                          "--clip_weights", str(FIXTURE / "clip_tiny.npz"), *SETTINGS, "--class_name", "tile_synth",
                          "--device", "cpu", "--save_raw", "--out", str(tmp_path / "out")]) == 3
     model = _model(clip)
-    for row in _rows(tmp_path / "out"):
+    for row in score_rows(tmp_path / "out"):
         path = Path(row["path"]) if Path(row["path"]).is_absolute() else ROOT / row["path"]
         with torch.no_grad():
             maps, scores = model(read_image(path, 98)[0][None], ["tile_synth"])
@@ -126,8 +121,6 @@ def test_export_matches_pytorch_and_predict(clip, tmp_path):
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
     import export
-    import predict
-    from dataset import AnomalyDataset
     from deploy.runners import open_exported
 
     flags = ["--model", "adaclip", "--checkpoint_path", str(FIXTURE / "init.pth"), "--clip_weights",
@@ -138,19 +131,6 @@ def test_export_matches_pytorch_and_predict(clip, tmp_path):
     assert report["max_difference"] <= TOLERANCE
     runner = open_exported(output)
     assert runner.info.method == "adaclip" and runner.info.bound["class_name"] == "tile_synth"
-    dataset = AnomalyDataset(DATA, 98)
-    images = torch.stack([dataset[i]["img"] for i in range(len(dataset)) if dataset.samples[i].cls_name == "tile_synth"])
-    maps, scores = runner(images.numpy())
     model = _model(clip)
-    with torch.no_grad():
-        expected = model(images, ["tile_synth"] * len(images))
-    np.testing.assert_allclose(maps, expected.anomaly_map.numpy(), atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(scores, expected.image_score.numpy(), atol=TOLERANCE, rtol=0)
-    test_images = DATA / "tile_synth" / "test"
-    assert predict.main([str(test_images), "--out", str(tmp_path / "onnx"), "--onnx", str(output), "--save_raw"]) == 3
-    assert predict.main([str(test_images), "--out", str(tmp_path / "torch"), *flags, "--device", "cpu",
-                         "--save_raw"]) == 3
-    for got, want in zip(_rows(tmp_path / "onnx"), _rows(tmp_path / "torch")):
-        assert float(got["image_score"]) == pytest.approx(float(want["image_score"]), abs=TOLERANCE)
-        np.testing.assert_allclose(np.load(tmp_path / "onnx" / got["map"]), np.load(tmp_path / "torch" / want["map"]),
-                                   atol=TOLERANCE, rtol=0)
+    assert_runner_equals_model(runner, model, DATA, 98, "tile_synth", TOLERANCE)
+    assert_predict_onnx_equals_torch(DATA / "tile_synth" / "test", 3, output, flags, tmp_path, TOLERANCE)

@@ -1,7 +1,6 @@
 """APRIL-GAN beyond test.py: the few-shot references (models/fewshot.py), class binding, predict.py and export.py."""
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import torch
 from conftest import FIXTURE as VIP2_FIXTURE
 from conftest import ROOT, project_logging_kept
+from export_checks import assert_memory_in_file, assert_predict_onnx_equals_torch, assert_runner_equals_model, score_rows
 
 FIXTURE = ROOT / "tests" / "fixtures" / "aprilgan_tiny"
 SETTINGS = ["--image_size", "98", "--features_list", "1", "2", "3", "4"]
@@ -154,11 +154,6 @@ def test_a_batch_of_one_class_equals_the_per_image_path(clip, dataset):
 
 
 # ------------------------------------------------------------------------------------ predict.py, export.py
-def _rows(folder: Path) -> list[dict]:
-    with open(folder / "scores.csv", newline="") as file:
-        return list(csv.DictReader(file))
-
-
 def test_predict_with_a_class_and_references_equals_the_model(clip, tmp_path):
     import predict
 
@@ -175,7 +170,7 @@ def test_predict_with_a_class_and_references_equals_the_model(clip, tmp_path):
     fewshot.prepare(model, _args(reference_dir=refs), None, "cpu", class_names=["bottle_synth"])
     from dataset import read_image
 
-    for row in _rows(tmp_path / "fs"):
+    for row in score_rows(tmp_path / "fs"):
         image = read_image(Path(row["path"]) if Path(row["path"]).is_absolute() else ROOT / row["path"], 98)[0]
         with torch.no_grad():
             maps, scores = model(image[None], ["bottle_synth"])
@@ -198,13 +193,10 @@ def test_predict_refuses_few_shot_flags_for_other_methods(tmp_path):
 
 @pytest.mark.slow
 def test_export_few_shot_keeps_the_memory_inside_and_matches_pytorch(clip, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
-    from onnx import numpy_helper
-
     import export
-    import predict
     from deploy.runners import open_exported
 
     refs = _reference_folder(tmp_path / "refs")
@@ -224,29 +216,10 @@ def test_export_few_shot_keeps_the_memory_inside_and_matches_pytorch(clip, tmp_p
     from models import fewshot
 
     fewshot.bind(model, _args(class_name="tile_synth", reference_dir=refs), "cpu")
-    initializers = [numpy_helper.to_array(t) for t in onnx.load(str(output)).graph.initializer]
-    for name, buffer in model.named_buffers():
-        if name.startswith("fewshot_memory"):
-            memory = buffer.numpy()  # the exporter may fold the product's transpose into the stored constant
-            assert any(np.array_equal(a, memory) or np.array_equal(a, memory.T) for a in initializers), name
-    from dataset import AnomalyDataset
+    assert_memory_in_file(model, output)
+    assert_runner_equals_model(runner, model, FIXTURE / "data", 98, "tile_synth", TOLERANCE)
 
-    dataset = AnomalyDataset(FIXTURE / "data", 98)
-    images = torch.stack([dataset[i]["img"] for i in range(len(dataset)) if dataset.samples[i].cls_name == "tile_synth"])
-    maps, scores = runner(images.numpy())
-    with torch.no_grad():
-        expected_maps, expected_scores = model(images, ["tile_synth"] * len(images))
-    np.testing.assert_allclose(maps, expected_maps.numpy(), atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(scores, expected_scores.numpy(), atol=TOLERANCE, rtol=0)
-
-    test_images = FIXTURE / "data" / "tile_synth" / "test"
-    assert predict.main([str(test_images), "--out", str(tmp_path / "onnx"), "--onnx", str(output), "--save_raw"]) == 3
-    assert predict.main([str(test_images), "--out", str(tmp_path / "torch"), *flags, "--device", "cpu",
-                         "--save_raw"]) == 3
-    for got, want in zip(_rows(tmp_path / "onnx"), _rows(tmp_path / "torch")):
-        assert float(got["image_score"]) == pytest.approx(float(want["image_score"]), abs=TOLERANCE)
-        np.testing.assert_allclose(np.load(tmp_path / "onnx" / got["map"]), np.load(tmp_path / "torch" / want["map"]),
-                                   atol=TOLERANCE, rtol=0)
+    assert_predict_onnx_equals_torch(FIXTURE / "data" / "tile_synth" / "test", 3, output, flags, tmp_path, TOLERANCE)
     assert json.loads(json.dumps(runner.info.bound))  # JSON-ready, as written into the metadata
 
 

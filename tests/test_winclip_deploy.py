@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, project_logging_kept
+from export_checks import assert_memory_in_file, assert_predict_onnx_equals_torch, assert_runner_equals_model, score_rows
 
 FIXTURE = ROOT / "tests" / "fixtures" / "winclip_tiny"
 SIZE = 112
@@ -48,11 +48,6 @@ def _references(target: Path, cls_name: str = "tile_synth") -> Path:
     return target
 
 
-def _rows(folder: Path) -> list[dict]:
-    with open(folder / "scores.csv", newline="") as file:
-        return list(csv.DictReader(file))
-
-
 def test_reference_flags_alone_switch_winclip_plus_on(clip):
     from dataset import AnomalyDataset
     from models import fewshot
@@ -78,7 +73,7 @@ def test_predict_binds_the_class_and_references_and_equals_the_model(clip, tmp_p
                          "--device", "cpu", "--save_raw", "--out", str(tmp_path / "out")]) == 3
     model = _model(clip)
     fewshot.bind(model, _args(class_name="tile_synth", reference_dir=refs), "cpu")
-    for row in _rows(tmp_path / "out"):
+    for row in score_rows(tmp_path / "out"):
         image = read_image(Path(row["path"]) if Path(row["path"]).is_absolute() else ROOT / row["path"], SIZE)[0]
         with torch.no_grad():
             maps, scores = model(image[None], ["tile_synth"])
@@ -108,14 +103,10 @@ def test_scripts_refuse_a_checkpoint_for_a_training_free_method(tmp_path):
 
 @pytest.mark.slow
 def test_export_keeps_the_memory_inside_and_matches_pytorch(clip, tmp_path):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     pytest.importorskip("onnxruntime")
-    from onnx import numpy_helper
-
     import export
-    import predict
-    from dataset import AnomalyDataset
     from deploy.runners import open_exported
     from models import fewshot
 
@@ -131,27 +122,10 @@ def test_export_keeps_the_memory_inside_and_matches_pytorch(clip, tmp_path):
 
     model = _model(clip)
     fewshot.bind(model, _args(class_name="tile_synth", reference_dir=refs), "cpu")
-    initializers = [numpy_helper.to_array(t) for t in onnx.load(str(output)).graph.initializer]
-    for name, buffer in model.named_buffers():
-        if name.startswith("fewshot_memory"):
-            memory = buffer.numpy()  # the exporter may fold the product's transpose into the stored constant
-            assert any(np.array_equal(a, memory) or np.array_equal(a, memory.T) for a in initializers), name
-    dataset = AnomalyDataset(FIXTURE / "data", SIZE)
-    images = torch.stack([dataset[i]["img"] for i in range(len(dataset)) if dataset.samples[i].cls_name == "tile_synth"])
-    maps, scores = runner(images.numpy())
-    with torch.no_grad():
-        expected_maps, expected_scores = model(images, ["tile_synth"] * len(images))
-    np.testing.assert_allclose(maps, expected_maps.numpy(), atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(scores, expected_scores.numpy(), atol=TOLERANCE, rtol=0)
+    assert_memory_in_file(model, output)
+    assert_runner_equals_model(runner, model, FIXTURE / "data", SIZE, "tile_synth", TOLERANCE)
 
-    test_images = FIXTURE / "data" / "tile_synth" / "test"
-    assert predict.main([str(test_images), "--out", str(tmp_path / "onnx"), "--onnx", str(output), "--save_raw"]) == 3
-    assert predict.main([str(test_images), "--out", str(tmp_path / "torch"), *flags, "--device", "cpu",
-                         "--save_raw"]) == 3
-    for got, want in zip(_rows(tmp_path / "onnx"), _rows(tmp_path / "torch")):
-        assert float(got["image_score"]) == pytest.approx(float(want["image_score"]), abs=TOLERANCE)
-        np.testing.assert_allclose(np.load(tmp_path / "onnx" / got["map"]), np.load(tmp_path / "torch" / want["map"]),
-                                   atol=TOLERANCE, rtol=0)
+    assert_predict_onnx_equals_torch(FIXTURE / "data" / "tile_synth" / "test", 3, output, flags, tmp_path, TOLERANCE)
     assert json.loads(json.dumps(runner.info.bound))
 
 
